@@ -29,7 +29,8 @@ problems that dominate in practice); larger ones use CG when declared symmetric
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
