@@ -1,0 +1,3 @@
+"""Bundled solvers, each made differentiable by rootdiff's own decorators."""
+
+from rootdiff.solvers.eq_qp import solve_eq_qp
