@@ -1,0 +1,211 @@
+"""Shared helpers: timing, gradient error, result rows, per-process peak memory.
+
+Timing protocol (issue 5): the function timed is ``jax.jit(jax.value_and_grad(loss))``
+exactly as a user writes it. Compile time is ``jit(f).lower(*args).compile()``;
+the compiled executable is then called once (warm-up, excluded) and ``repeats``
+more times, each call followed by ``jax.block_until_ready``; the median is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table."""
+
+    workload: str
+    impl: str
+    compile_s: float | None = None
+    run_ms: float | None = None
+    grad_err: float | None = None
+    ratio: float | None = None  # run time / rootdiff's run time (filled by the table)
+    mem_mb: float | None = None  # peak RSS added by this implementation, own process
+    xla_temp_mb: float | None = None  # XLA's planned temporary buffers of the jitted call
+    note: str = ""
+    is_rootdiff: bool = False
+    float64: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def skipped(workload: str, impl: str, why: str) -> Row:
+    """A row for an implementation that could not run (peer missing, API not landed)."""
+    return Row(workload, impl, note=f"SKIPPED: {why}")
+
+
+def time_jitted(fn: Callable[..., Any], args: tuple, repeats: int = 5) -> tuple[float, float, Any]:
+    """Compile ``jax.jit(fn)`` for ``args`` and time it.
+
+    Returns ``(compile_seconds, median_run_milliseconds, output)``; the compiled
+    executable's XLA temp size (MiB) is left in ``time_jitted.last_temp_mb``.
+    """
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        time_jitted.last_temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        time_jitted.last_temp_mb = None
+    out = jax.block_until_ready(compiled(*args))  # warm-up, excluded
+    times = []
+    for _ in range(max(repeats, 5)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, 1e3 * statistics.median(times), out
+
+
+def rel_err(g: Any, g_ref: Any) -> float:
+    """``‖g − g_ref‖ / ‖g_ref‖`` over all leaves of two pytrees (computed in float64)."""
+    a = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(g)]
+    b = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(g_ref)]
+    a, b = np.concatenate(a), np.concatenate(b)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def bench(
+    workload: str,
+    impl: str,
+    fn: Callable[..., Any],
+    args: tuple,
+    grad_ref: Any,
+    *,
+    repeats: int = 5,
+    grad_of: Callable[[Any], Any] = lambda out: out[1],
+    rootdiff: bool = False,
+    float64: bool = True,
+    note: str = "",
+) -> Row:
+    """Time ``fn(*args)`` (a ``value_and_grad``) and compare its gradient to ``grad_ref``.
+
+    Any exception becomes a row with the error in its note, so one failing peer
+    never hides the others.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c, r, out = time_jitted(fn, args, repeats)
+        err = rel_err(grad_of(out), grad_ref) if grad_ref is not None else None
+        row = Row(workload, impl, c, r, err, note=note, is_rootdiff=rootdiff, float64=float64)
+        row.xla_temp_mb = time_jitted.last_temp_mb
+        return row
+    except Exception as e:  # noqa: BLE001 - report, do not crash the whole table
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:120]
+        return Row(workload, impl, note=f"ERROR {msg}", is_rootdiff=rootdiff)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Current resident set size of this process, in MiB (from /proc/self/statm)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()
+
+
+def measure_in_subprocess(module: str, case: dict[str, Any], timeout: float = 600) -> dict:
+    """Run ``python -m benchmarks.<module> --memcase JSON`` and return its JSON reply.
+
+    The child builds the problem, records its current RSS *before* compiling
+    (``base_mb``), compiles and runs the case, and reports the peak RSS after
+    (``peak_mb``); ``peak_mb - base_mb`` is what the implementation added.
+    """
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--memcase", json.dumps(case)]
+    root = os.path.dirname(HERE)
+    try:
+        proc = subprocess.run(
+            cmd, cwd=root, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("MEMCASE "):
+            return json.loads(line[len("MEMCASE ") :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": tail[0][:160]}
+
+
+def memcase_reply(payload: dict[str, Any]) -> None:
+    """Print the line that :func:`measure_in_subprocess` parses."""
+    print("MEMCASE " + json.dumps(payload), flush=True)
+
+
+def xla_temp_mb(fn: Callable[..., Any], args: tuple) -> float | None:
+    """XLA's planned temporary buffer size of ``jit(fn)`` (MiB), if reported."""
+    try:
+        stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+        return stats.temp_size_in_bytes / 2**20
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def fill_ratios(rows: list[Row]) -> None:
+    """``ratio = run_ms / run_ms(rootdiff)`` per workload (first rootdiff row)."""
+    base: dict[str, float] = {}
+    for r in rows:
+        if r.is_rootdiff and r.run_ms is not None and r.workload not in base:
+            base[r.workload] = r.run_ms
+    for r in rows:
+        if r.run_ms is not None and r.workload in base:
+            r.ratio = r.run_ms / base[r.workload]
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table of the rows (ratios filled in first)."""
+    fill_ratios(rows)
+    show_mem = any(r.mem_mb is not None or r.xla_temp_mb is not None for r in rows)
+    head = ["workload", "implementation", "compile s", "run ms", "ratio to rootdiff"]
+    head += ["rel. grad error"] + (["peak RSS Δ MiB", "XLA temp MiB"] if show_mem else [])
+    head += ["note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r.workload,
+            r.impl,
+            _fmt(r.compile_s, ".2f"),
+            _fmt(r.run_ms, ".3g"),
+            _fmt(r.ratio, ".2f"),
+            _fmt(r.grad_err, ".1e"),
+        ]
+        if show_mem:
+            cells += [_fmt(r.mem_mb, ".0f"), _fmt(r.xla_temp_mb, ".0f")]
+        cells.append(r.note)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def f64(x: Any) -> jax.Array:
+    return jnp.asarray(x, jnp.float64)

@@ -1,0 +1,175 @@
+r"""Deep-equilibrium fixed point: gradient of a loss of ``Z* = tanh(Z* Wᵀ + X Uᵀ + b)``.
+
+``Z`` is a batch ``(B, n)`` of states solved as one system; ``W`` (``n × n``) is
+scaled to spectral norm ≈ 0.5, so the map is a contraction and ``K = 40``
+iterations reach ``‖Z − T(Z)‖ ≈ 1e-12``. Loss ``½ mean ‖Z* − Y‖²``, gradient with
+respect to ``(W, U, b)``.
+
+Reference (numpy, float64, independent of JAX): iterate the forward map 200
+times, then the adjoint fixed point ``u = Z̄ + (D ⊙ u) W`` (``D = 1 − Z²``) 200
+times, and ``∂W = vᵀZ``, ``∂U = vᵀX``, ``∂b = Σ v`` with ``v = D ⊙ u``.
+
+Peak memory: each implementation is also run alone in a fresh process
+(``python -m benchmarks.fixed_point --memcase ...``), reporting peak
+``ru_maxrss`` after compiling and running minus the RSS just before compiling
+(full mode only; ``--quick`` skips the extra processes).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks._common import (
+    Row,
+    bench,
+    current_rss_mb,
+    measure_in_subprocess,
+    memcase_reply,
+    peak_rss_mb,
+    skipped,
+    time_jitted,
+)
+
+jax.config.update("jax_enable_x64", True)
+
+K_ITERS = 40
+M_IN = 64
+
+
+def make_problem(n: int, batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((n, n))
+    W *= 0.5 / (2.0 * np.sqrt(n))  # ‖W‖₂ ≈ 0.5 (Gaussian: ‖G‖₂ ≈ 2√n)
+    U = rng.standard_normal((n, M_IN)) / np.sqrt(M_IN)
+    b = 0.1 * rng.standard_normal(n)
+    X = rng.standard_normal((batch, M_IN))
+    Y = 0.5 * rng.standard_normal((batch, n))
+    return W, U, b, X, Y
+
+
+def reference_grad(W, U, b, X, Y, iters: int = 200):
+    Z = np.zeros_like(Y)
+    inj = X @ U.T + b
+    for _ in range(iters):
+        Z = np.tanh(Z @ W.T + inj)
+    D = 1.0 - Z**2
+    Zbar = (Z - Y) / Z.size
+    u = Zbar.copy()
+    for _ in range(iters):
+        u = Zbar + (D * u) @ W
+    v = D * u
+    return (v.T @ Z, v.T @ X, v.sum(0))
+
+
+def T(Z, W, U, b, X):
+    return jnp.tanh(Z @ W.T + X @ U.T + b)
+
+
+def forward(Z0, W, U, b, X):
+    return jax.lax.fori_loop(0, K_ITERS, lambda _, Z: T(Z, W, U, b, X), Z0)
+
+
+def _loss_of(solver):
+    def loss(params, X, Y):
+        W, U, b = params
+        Z = solver(jnp.zeros_like(Y), W, U, b, X)
+        return 0.5 * jnp.mean((Z - Y) ** 2)
+
+    return loss
+
+
+def implementations() -> dict:
+    import rootdiff
+
+    impls = {"rootdiff custom_fixed_point (solve=auto)": _loss_of(
+        rootdiff.custom_fixed_point(T)(forward)
+    )}  # fmt: skip
+    try:
+        from jaxopt import implicit_diff, linear_solve
+
+        impls["jaxopt custom_fixed_point (solve_gmres)"] = _loss_of(
+            implicit_diff.custom_fixed_point(T, solve=linear_solve.solve_gmres)(forward)
+        )
+        gm_tight = functools.partial(linear_solve.solve_gmres, tol=1e-10)
+        impls["jaxopt custom_fixed_point (solve_gmres tol=1e-10)"] = _loss_of(
+            implicit_diff.custom_fixed_point(T, solve=gm_tight)(forward)
+        )
+        impls["jaxopt custom_fixed_point (default normal_cg)"] = _loss_of(
+            implicit_diff.custom_fixed_point(T)(forward)
+        )
+    except ImportError:
+        impls["jaxopt"] = None
+    try:
+        import lineax as lx
+        import optimistix as optx
+
+        def optx_solver(Z0, W, U, b, X):
+            sol = optx.fixed_point(
+                lambda Z, a: T(Z, *a), optx.FixedPointIteration(rtol=1e-12, atol=1e-12),
+                Z0, (W, U, b, X), max_steps=K_ITERS * 4, throw=False,
+                adjoint=optx.ImplicitAdjoint(lx.GMRES(rtol=1e-10, atol=1e-10)),
+            )  # fmt: skip
+            return sol.value
+
+        impls["optimistix fixed_point (ImplicitAdjoint GMRES)"] = _loss_of(optx_solver)
+    except ImportError:
+        impls["optimistix"] = None
+    impls[f"unrolled backprop ({K_ITERS} iterations)"] = _loss_of(forward)
+    return impls
+
+
+def _args(n, batch):
+    W, U, b, X, Y = make_problem(n, batch)
+    return (tuple(map(jnp.asarray, (W, U, b))), jnp.asarray(X), jnp.asarray(Y))
+
+
+def memcase(case: dict) -> None:
+    """Child-process entry: compile and run one implementation, report peak RSS."""
+    args = _args(case["n"], case["batch"])
+    loss = implementations()[case["impl"]]
+    base = current_rss_mb()
+    time_jitted(jax.value_and_grad(loss), args, repeats=1)
+    memcase_reply({"base_mb": base, "peak_mb": peak_rss_mb()})
+
+
+def run(quick: bool = False, memory: bool = True) -> list[Row]:
+    rows = []
+    sizes = [(400, 8), (800, 8)] if quick else [(4000, 8), (6000, 8)]
+    for n, batch in sizes:
+        name = f"DEQ fixed point n={n} B={batch}"
+        W, U, b, X, Y = make_problem(n, batch)
+        g_ref = reference_grad(W, U, b, X, Y)
+        args = _args(n, batch)
+        for impl, loss in implementations().items():
+            if loss is None:
+                rows.append(skipped(name, impl, "not installed"))
+                continue
+            row = bench(
+                name, impl, jax.value_and_grad(loss), args, g_ref,
+                rootdiff=impl.startswith("rootdiff"),
+            )  # fmt: skip
+            if memory and not quick and row.run_ms is not None:
+                rep = measure_in_subprocess("fixed_point", {"n": n, "batch": batch, "impl": impl})
+                if "error" in rep:
+                    row.note += f" (memory run failed: {rep['error']})"
+                else:
+                    row.mem_mb = rep["peak_mb"] - rep["base_mb"]
+            rows.append(row)
+    return rows
+
+
+WORKLOADS = {"fixed_point": run}
+
+if __name__ == "__main__":
+    if "--memcase" in sys.argv:
+        memcase(json.loads(sys.argv[sys.argv.index("--memcase") + 1]))
+    else:
+        from benchmarks._common import format_table
+
+        print(format_table(run(quick="--quick" in sys.argv)))

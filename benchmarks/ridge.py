@@ -1,0 +1,168 @@
+r"""Ridge hypergradient: d/dλ of the validation loss of the ridge solution.
+
+.. math::
+    w^*(λ) = \arg\min_w \tfrac{1}{2n}\|X w - y\|^2 + \tfrac{λ}{2}\|w\|^2,
+    \qquad L(λ) = \tfrac{1}{2 n_v}\|X_v w^*(λ) - y_v\|^2.
+
+Reference (numpy, float64): ``dw/dλ = −(XᵀX/n + λI)⁻¹ w`` and
+``dL/dλ = (X_v w − y_v)ᵀ X_v (dw/dλ) / n_v``.
+
+Implementations, all inside one ``jax.jit(jax.value_and_grad(L))``:
+
+* rootdiff ``argmin`` with the forward solver a user writes (CG on the normal
+  equations) and rootdiff's default backward solve ("auto");
+* rootdiff ``custom_root`` on the gradient with ``solve="cg"``;
+* jaxopt ``custom_root`` with its default backward solver (``solve_normal_cg``) and
+  with ``solve_cg`` — same forward solver;
+* unrolled gradient descent (``lax.fori_loop``, reverse-mode autodiff);
+* the closed form ``jnp.linalg.solve(XᵀX/n + λI, Xᵀy/n)`` differentiated by JAX.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks._common import Row, bench, skipped
+
+jax.config.update("jax_enable_x64", True)
+
+LAM = 0.1
+
+
+def make_problem(n: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w_true = rng.standard_normal(d) / np.sqrt(d)
+    X = rng.standard_normal((n, d))
+    y = X @ w_true + 0.5 * rng.standard_normal(n)
+    Xv = rng.standard_normal((n // 2, d))
+    yv = Xv @ w_true + 0.5 * rng.standard_normal(n // 2)
+    return X, y, Xv, yv
+
+
+def reference_grad(X, y, Xv, yv, lam):
+    n, d = X.shape
+    H = X.T @ X / n + lam * np.eye(d)
+    w = np.linalg.solve(H, X.T @ y / n)
+    dw = -np.linalg.solve(H, w)
+    return float((Xv @ w - yv) @ (Xv @ dw) / len(yv))
+
+
+def ridge_objective(w, lam, X, y):
+    r = X @ w - y
+    return 0.5 * jnp.vdot(r, r) / X.shape[0] + 0.5 * lam * jnp.vdot(w, w)
+
+
+def ridge_gradient(w, lam, X, y):
+    return X.T @ (X @ w - y) / X.shape[0] + lam * w
+
+
+def cg_forward(w0, lam, X, y):
+    """The forward solver a user writes: CG on ``(XᵀX/n + λI) w = Xᵀy/n``."""
+    n = X.shape[0]
+    matvec = lambda v: X.T @ (X @ v) / n + lam * v
+    w, _ = jax.scipy.sparse.linalg.cg(matvec, X.T @ y / n, x0=w0, tol=1e-13, maxiter=2000)
+    return w
+
+
+def val_loss(w, Xv, yv):
+    r = Xv @ w - yv
+    return 0.5 * jnp.vdot(r, r) / Xv.shape[0]
+
+
+def implementations(d: int, n_unroll: int):
+    """``name -> loss(lam, X, y, Xv, yv)`` for every implementation that can run."""
+    import rootdiff
+
+    impls = {}
+
+    solver = rootdiff.argmin(ridge_objective)(cg_forward)
+    impls["rootdiff argmin (fwd CG, solve=auto)"] = lambda lam, X, y, Xv, yv: val_loss(
+        solver(jnp.zeros(X.shape[1]), lam, X, y), Xv, yv
+    )
+    solver_cg = rootdiff.custom_root(ridge_gradient, solve="cg", symmetric=True)(cg_forward)
+    impls["rootdiff custom_root (solve=cg)"] = lambda lam, X, y, Xv, yv: val_loss(
+        solver_cg(jnp.zeros(X.shape[1]), lam, X, y), Xv, yv
+    )
+    try:
+        from jaxopt import implicit_diff, linear_solve
+
+        jx_default = implicit_diff.custom_root(ridge_gradient)(cg_forward)
+        jx_cg = implicit_diff.custom_root(ridge_gradient, solve=linear_solve.solve_cg)(cg_forward)
+        impls["jaxopt custom_root (default normal_cg)"] = lambda lam, X, y, Xv, yv: val_loss(
+            jx_default(jnp.zeros(X.shape[1]), lam, X, y), Xv, yv
+        )
+        impls["jaxopt custom_root (solve_cg)"] = lambda lam, X, y, Xv, yv: val_loss(
+            jx_cg(jnp.zeros(X.shape[1]), lam, X, y), Xv, yv
+        )
+    except ImportError:
+        impls["jaxopt"] = None
+
+    def unrolled(lam, X, y, Xv, yv):
+        n = X.shape[0]
+        # Step 1/L with L bounding the Hessian's largest eigenvalue (power iteration
+        # on XᵀX/n, stopped out of the graph: only the iterations are differentiated).
+        L = jax.lax.stop_gradient(_top_eig(X) + lam)
+        w = jax.lax.fori_loop(
+            0, n_unroll, lambda _, w: w - ridge_gradient(w, lam, X, y) / L, jnp.zeros(X.shape[1])
+        )
+        del n
+        return val_loss(w, Xv, yv)
+
+    impls[f"unrolled GD ({n_unroll} steps)"] = unrolled
+
+    def closed_form(lam, X, y, Xv, yv):
+        n, d = X.shape
+        w = jnp.linalg.solve(X.T @ X / n + lam * jnp.eye(d), X.T @ y / n)
+        return val_loss(w, Xv, yv)
+
+    impls["closed form (jnp.linalg.solve)"] = closed_form
+    return impls
+
+
+def _top_eig(X, iters: int = 50):
+    v = jnp.ones(X.shape[1]) / np.sqrt(X.shape[1])
+
+    def body(_, v):
+        u = X.T @ (X @ v) / X.shape[0]
+        return u / jnp.linalg.norm(u)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    return 1.01 * jnp.vdot(v, X.T @ (X @ v)) / X.shape[0]
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows = []
+    sizes = [(400, 40), (400, 400)] if quick else [(2000, 200), (2000, 2000)]
+    repeats = 5 if quick else 7
+    for n, d in sizes:
+        name = f"ridge n={n} d={d}"
+        X, y, Xv, yv = make_problem(n, d)
+        g_ref = reference_grad(X, y, Xv, yv, LAM)
+        args = (jnp.asarray(LAM), *map(jnp.asarray, (X, y, Xv, yv)))
+        n_unroll = 500
+        for impl, loss in implementations(d, n_unroll).items():
+            if loss is None:
+                rows.append(skipped(name, impl, "not installed"))
+                continue
+            rows.append(
+                bench(
+                    name,
+                    impl,
+                    jax.value_and_grad(loss),
+                    args,
+                    g_ref,
+                    repeats=repeats,
+                    rootdiff=impl.startswith("rootdiff"),
+                )  # fmt: skip
+            )
+    return rows
+
+
+WORKLOADS = {"ridge": run}
+
+if __name__ == "__main__":
+    from benchmarks._common import format_table
+
+    print(format_table(run(quick="--quick" in __import__("sys").argv)))
