@@ -10,6 +10,7 @@ from rootdiff.implicit import (
     root_jvp,
     root_vjp,
 )
+from rootdiff.solvers.bisection import bisection
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "ConvergenceWarning",
     "RootInfo",
     "argmin",
+    "bisection",
     "custom_fixed_point",
     "custom_root",
     "linear_solve",
