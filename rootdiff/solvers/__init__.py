@@ -1,3 +1,4 @@
 """Bundled solvers, each made differentiable by rootdiff's own decorators."""
 
+from rootdiff.solvers.bisection import bisection
 from rootdiff.solvers.eq_qp import solve_eq_qp
