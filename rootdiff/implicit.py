@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+from jax.flatten_util import ravel_pytree
 
 from rootdiff import _checks
 from rootdiff import linear_solve as _ls
@@ -164,13 +165,29 @@ def _split(args: tuple, kwargs: dict):
 
 
 def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, linear_solve, symmetric):
-    """``ẋ`` solving ``∂ₓF ẋ = −∂_θF θ̇`` via a transposable ``custom_linear_solve``."""
+    """``ẋ`` solving ``∂ₓF ẋ = −∂_θF θ̇`` via a transposable ``custom_linear_solve``.
+
+    The system is posed on the raveled vector: ``custom_linear_solve``'s transpose
+    rule requires the right-hand side to be entirely linear, which a pytree whose
+    leaves are only partly perturbed (as in grad-of-grad) violates.
+    """
     _, rhs = jax.jvp(F_theta, (theta,), (theta_dot,))
     _, matvec = jax.linearize(F_x, sol)
-    return jax.lax.custom_linear_solve(
-        matvec, _tree_neg(rhs), solve=linear_solve, transpose_solve=linear_solve,
-        symmetric=symmetric,
-    )  # fmt: skip
+    b, unravel = ravel_pytree(_tree_neg(rhs))
+
+    def flat(mv):
+        return lambda v: ravel_pytree(mv(unravel(v)))[0].astype(b.dtype)
+
+    def solve_flat(mv, rhs_flat):
+        x = linear_solve(
+            lambda t: unravel(mv(ravel_pytree(t)[0].astype(b.dtype))), unravel(rhs_flat)
+        )
+        return ravel_pytree(x)[0].astype(b.dtype)
+
+    x = jax.lax.custom_linear_solve(
+        flat(matvec), b, solve=solve_flat, transpose_solve=solve_flat, symmetric=symmetric
+    )
+    return unravel(x)
 
 
 def _check_signature(optimality_fun, params, args, kwargs, name):
