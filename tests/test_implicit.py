@@ -12,8 +12,8 @@ import sys
 import textwrap
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
