@@ -47,6 +47,15 @@ class Row:
         return dataclasses.asdict(self)
 
 
+#: Peers left out of ``--quick`` runs (to keep the CI smoke test under two minutes):
+#: tolerance variants and the slowest-compiling peers. They run in the full mode.
+QUICK_OMIT = ("tol=1e-10", "backend='i'", "OSQP", "default normal_cg", "EqualityConstrainedQP (tol")
+
+
+def omitted_in_quick(impl: str) -> bool:
+    return any(key in impl for key in QUICK_OMIT)
+
+
 def skipped(workload: str, impl: str, why: str) -> Row:
     """A row for an implementation that could not run (peer missing, API not landed)."""
     return Row(workload, impl, note=f"SKIPPED: {why}")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, skipped
+from benchmarks._common import Row, bench, omitted_in_quick, skipped
 
 jax.config.update("jax_enable_x64", True)
 
@@ -108,6 +108,9 @@ def run(quick: bool = False) -> list[Row]:
     for impl, loss in implementations().items():
         if isinstance(loss, str):
             rows.append(skipped(name, impl, loss))
+            continue
+        if quick and omitted_in_quick(impl):
+            rows.append(skipped(name, impl, "omitted in --quick"))
             continue
         rows.append(
             bench(

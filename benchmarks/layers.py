@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, skipped
+from benchmarks._common import Row, bench, omitted_in_quick, skipped
 
 jax.config.update("jax_enable_x64", True)
 
@@ -203,6 +203,9 @@ def _bench_all(name, impls, args, g_ref, quick, float64):
     for impl, loss in impls.items():
         if isinstance(loss, str):
             out.append(skipped(name, impl, loss))
+            continue
+        if quick and omitted_in_quick(impl):
+            out.append(skipped(name, impl, "omitted in --quick"))
             continue
         out.append(
             bench(

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, skipped
+from benchmarks._common import Row, bench, omitted_in_quick, skipped
 
 jax.config.update("jax_enable_x64", True)
 
@@ -134,7 +134,7 @@ def _top_eig(X, iters: int = 50):
 
 def run(quick: bool = False) -> list[Row]:
     rows = []
-    sizes = [(400, 40), (400, 400)] if quick else [(2000, 200), (2000, 2000)]
+    sizes = [(400, 300)] if quick else [(2000, 200), (2000, 2000)]
     repeats = 5 if quick else 7
     for n, d in sizes:
         name = f"ridge n={n} d={d}"
@@ -145,6 +145,9 @@ def run(quick: bool = False) -> list[Row]:
         for impl, loss in implementations(d, n_unroll).items():
             if loss is None:
                 rows.append(skipped(name, impl, "not installed"))
+                continue
+            if quick and omitted_in_quick(impl):
+                rows.append(skipped(name, impl, "omitted in --quick"))
                 continue
             rows.append(
                 bench(

@@ -1,0 +1,236 @@
+r"""Batched QPs: ``jit(vmap(value_and_grad(loss)))`` through a QP solver (seed 000).
+
+``min ½xᵀQx + qᵀx`` s.t. ``Ax = b``, ``Gx ≤ h``; per-problem loss ``‖x* − 1‖²``,
+gradient with respect to all six arguments (qpax's argument order). Two batches:
+
+* seed 000: 256 non-negative least-squares problems (5 variables, 10 rows);
+* 64 QPs with 50 variables, 10 equalities and 100 inequalities.
+
+Every implementation receives the symmetrised ``(Q + Qᵀ)/2`` inside the loss, so
+all report the same (symmetric) ``∂Q``.
+
+Reference (numpy float64, independent of every solver benchmarked): an accurate
+interior-point solve (qpax at ``solver_tol=1e-12``) only *identifies* the active
+set; the exact solution then solves the equality-constrained KKT system with the
+active inequalities as equalities, and is verified (primal feasibility, dual
+signs, strict complementarity). The derivative is the exact derivative of that
+system; it is validated by central differences of the active-set solution map
+along random directions, and the worst disagreement is reported in the note.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks._common import Row, bench, omitted_in_quick, skipped
+
+jax.config.update("jax_enable_x64", True)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def nnls_batch(n_qps: int = 256, n_vars: int = 5, n_rows: int = 10, seed: int = 0):
+    """Seed 000's problems: NNLS ``min ½‖Fx − g‖²`` s.t. ``x ≥ 0`` in QP form."""
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((n_qps, n_rows, n_vars))
+    g = rng.standard_normal((n_qps, n_rows))
+    Q = np.einsum("bri,brj->bij", F, F)
+    q = -np.einsum("bri,br->bi", F, g)
+    A = np.zeros((n_qps, 0, n_vars))
+    b = np.zeros((n_qps, 0))
+    G = np.broadcast_to(-np.eye(n_vars), (n_qps, n_vars, n_vars)).copy()
+    h = np.zeros((n_qps, n_vars))
+    return Q, q, A, b, G, h
+
+
+def general_batch(n_qps: int = 64, n: int = 50, p: int = 10, m: int = 100, seed: int = 1):
+    """Random strictly feasible QPs with equalities and inequalities."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n_qps, n, n))
+    Q = np.einsum("bij,bkj->bik", M, M) / n + 0.1 * np.eye(n)
+    q = 2 * rng.standard_normal((n_qps, n))
+    A = rng.standard_normal((n_qps, p, n))
+    G = rng.standard_normal((n_qps, m, n))
+    x_feas = rng.standard_normal((n_qps, n))
+    b = np.einsum("bij,bj->bi", A, x_feas)
+    h = np.einsum("bij,bj->bi", G, x_feas) + rng.uniform(0.1, 1.0, (n_qps, m))
+    return Q, q, A, b, G, h
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _active_set_solve(Q, q, A, b, G, h, active):
+    n, p = len(q), len(b)
+    E = np.concatenate([A, G[active]])
+    e = np.concatenate([b, h[active]])
+    k = len(e)
+    K = np.block([[Q, E.T], [E, np.zeros((k, k))]])
+    sol = np.linalg.solve(K, np.concatenate([-q, e]))
+    x, lam = sol[:n], sol[n:]
+    z = np.zeros(len(h))
+    z[active] = lam[p:]
+    return x, lam, z, K, E
+
+
+def _loss_np(x):
+    return float(np.sum((x - 1.0) ** 2))
+
+
+def reference_one(Q, q, A, b, G, h, active):
+    """Exact loss gradient for one QP with a given (verified) active set."""
+    n, p = len(q), len(b)
+    x, lam, z, K, E = _active_set_solve(Q, q, A, b, G, h, active)
+    xbar = 2 * (x - 1.0)
+    uv = np.linalg.solve(K, np.concatenate([xbar, np.zeros(len(lam))]))
+    u, v = uv[:n], uv[n:]
+    dQ = -np.outer(u, x)
+    dQ = 0.5 * (dQ + dQ.T)
+    dE = -(np.outer(v, x) + np.outer(lam, u))
+    dG = np.zeros_like(G)
+    dG[active] = dE[p:]
+    dh = np.zeros_like(h)
+    dh[active] = v[p:]
+    return (dQ, -u, dE[:p], v[:p], dG, dh), x, z
+
+
+def kkt_ok(Q, q, A, b, G, h, active, margin=1e-9):
+    x, _, z, _, _ = _active_set_solve(Q, q, A, b, G, h, active)
+    slack = h - G @ x
+    return bool(np.all(slack[~active] > margin) and np.all(z[active] > margin))
+
+
+def reference_batch(data, seed: int = 0):
+    """Reference gradients for a batch, and the worst central-difference disagreement."""
+    import qpax
+
+    Q, q, A, b, G, h = data
+    Qs = 0.5 * (Q + np.swapaxes(Q, 1, 2))
+    solve = jax.jit(
+        jax.vmap(lambda *a: qpax.solve_qp(*a, solver_tol=1e-12, max_iter=100)[:3])
+    )  # fmt: skip
+    x_ipm, s_ipm, z_ipm = map(np.asarray, solve(*map(jnp.asarray, (Qs, q, A, b, G, h))))
+    rng = np.random.default_rng(seed)
+    grads, worst_fd, n_bad = [], 0.0, 0
+    for i in range(len(q)):
+        prob = [Qs[i], q[i], A[i], b[i], G[i], h[i]]
+        active = z_ipm[i] > s_ipm[i]
+        if not kkt_ok(*prob, active):
+            n_bad += 1
+        g, x, _ = reference_one(*prob, active)
+        grads.append(g)
+        if i < 8:  # central differences along a random direction (symmetric in Q)
+            d = [rng.standard_normal(np.shape(a)) for a in prob]
+            d[0] = 0.5 * (d[0] + d[0].T)
+            eps = 1e-6
+            plus = [a + eps * da for a, da in zip(prob, d)]
+            minus = [a - eps * da for a, da in zip(prob, d)]
+            if kkt_ok(*plus, active) and kkt_ok(*minus, active):
+                fd = (
+                    _loss_np(_active_set_solve(*plus, active)[0])
+                    - _loss_np(_active_set_solve(*minus, active)[0])
+                ) / (2 * eps)
+                an = sum(np.sum(ga * da) for ga, da in zip(g, d))
+                worst_fd = max(worst_fd, abs(fd - an) / max(abs(an), 1e-12))
+            else:
+                n_bad += 1
+    stacked = tuple(np.stack([g[j] for g in grads]) for j in range(6))
+    return stacked, worst_fd, n_bad
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def _loss_of(solve_primal):
+    def loss(Q, q, A, b, G, h):
+        x = solve_primal(0.5 * (Q + Q.T), q, A, b, G, h)
+        return jnp.sum((x - jnp.ones_like(x)) ** 2)
+
+    return loss
+
+
+def implementations(p: int) -> dict:
+    impls = {}
+    try:
+        import rootdiff
+
+        solve_qp = getattr(rootdiff, "solve_qp", None)
+        if solve_qp is None:
+            from rootdiff.solvers.qp import solve_qp
+        impls["rootdiff solve_qp"] = _loss_of(solve_qp)
+    except ImportError as e:
+        impls["rootdiff solve_qp"] = f"not available yet ({e})"
+    try:
+        import qpax
+
+        impls["qpax solve_qp_primal (backend='e', default)"] = _loss_of(
+            lambda *a: qpax.solve_qp_primal(*a, backend="e")
+        )
+        impls["qpax solve_qp_primal (backend='i')"] = _loss_of(
+            lambda *a: qpax.solve_qp_primal(*a, backend="i")
+        )
+    except ImportError:
+        impls["qpax"] = "not installed"
+    try:
+        from jaxopt import OSQP
+
+        def osqp(Q, q, A, b, G, h):
+            eq = (A, b) if p > 0 else None
+            return OSQP().run(params_obj=(Q, q), params_eq=eq, params_ineq=(G, h)).params.primal
+
+        impls["jaxopt OSQP (default tol=1e-3)"] = _loss_of(osqp)
+    except ImportError:
+        impls["jaxopt OSQP"] = "not installed"
+    return impls
+
+
+def _run_batch(name, data, quick):
+    p = data[2].shape[1]
+    rows = []
+    try:
+        g_ref, worst_fd, n_bad = reference_batch(data)
+        ref_note = f"ref FD-check {worst_fd:.0e}" + (f", {n_bad} degenerate" if n_bad else "")
+    except ImportError:
+        g_ref, ref_note = None, "no reference (qpax missing)"
+    args = tuple(map(jnp.asarray, data))
+    for impl, loss in implementations(p).items():
+        if isinstance(loss, str):
+            rows.append(skipped(name, impl, loss))
+            continue
+        if quick and omitted_in_quick(impl):
+            rows.append(skipped(name, impl, "omitted in --quick"))
+            continue
+        fn = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
+        row = bench(
+            name, impl, fn, args, g_ref, repeats=5 if quick else 9,
+            rootdiff=impl.startswith("rootdiff"),
+        )  # fmt: skip
+        if impl.startswith("rootdiff"):
+            row.note = (row.note + " " + ref_note).strip()
+        rows.append(row)
+    return rows
+
+
+def run_nnls(quick: bool = False) -> list[Row]:
+    n_qps = 64 if quick else 256
+    return _run_batch(f"batched QP: {n_qps} NNLS n=5 (seed 000)", nnls_batch(n_qps), quick)
+
+
+def run_general(quick: bool = False) -> list[Row]:
+    n_qps, n, p, m = (16, 20, 4, 40) if quick else (64, 50, 10, 100)
+    data = general_batch(n_qps, n, p, m)
+    return _run_batch(f"batched QP: {n_qps} x (n={n}, p={p}, m={m})", data, quick)
+
+
+WORKLOADS = {"qp_nnls": run_nnls, "qp_general": run_general}
+
+if __name__ == "__main__":
+    from benchmarks._common import format_table
+
+    q = "--quick" in sys.argv
+    print(format_table(run_nnls(q) + run_general(q)))
