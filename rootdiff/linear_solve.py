@@ -270,8 +270,8 @@ def gmres(
     """
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     n = b_flat.size
-    m = max(1, min(restart, n))
     maxiter = 10 * n if maxiter is None else maxiter
+    m = max(1, min(restart, n, maxiter))
     max_cycles = max(1, -(-maxiter // m))
     dtype = b_flat.dtype
     tiny = jnp.finfo(dtype).tiny

@@ -1,0 +1,120 @@
+"""rootdiff.linear_solve: accuracy against numpy, pytrees, options and diagnostics."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rootdiff import linear_solve as ls
+
+rng = np.random.default_rng(1)
+N = 12
+_M = rng.normal(size=(N, N))
+SPD = jnp.asarray(_M @ _M.T / N + np.eye(N))
+NONSYM = jnp.asarray(np.eye(N) * 3 + 0.5 * rng.normal(size=(N, N)))
+B = jnp.asarray(rng.normal(size=N))
+
+ALL = ["cg", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "lstsq", "auto"]
+GENERAL = ["gmres", "bicgstab", "normal_cg", "lu", "lstsq", "auto"]
+
+
+def solve_jit(name, **options):
+    fn = functools.partial(ls.get_solver(name), **options)
+    return jax.jit(lambda A, b: fn(lambda v: A @ v, b, return_info=True))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spd_system(name):
+    x, info = solve_jit(name)(SPD, B)
+    np.testing.assert_allclose(x, np.linalg.solve(SPD, B), rtol=1e-10)
+    assert bool(info.converged)
+    assert float(info.residual_norm) <= 1e-10 * float(info.b_norm)
+
+
+@pytest.mark.parametrize("name", GENERAL)
+def test_nonsymmetric_system(name):
+    x, info = solve_jit(name)(NONSYM, B)
+    np.testing.assert_allclose(x, np.linalg.solve(NONSYM, B), rtol=1e-9)
+    assert bool(info.converged)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab", "lu"])
+def test_pytree_rhs_and_ridge(name):
+    """b is a dict of differently shaped leaves; ridge solves (A + ridge I) x = b."""
+    b = {"a": B[:4].reshape(2, 2), "b": B[4:]}
+    flat = lambda t: jnp.concatenate([t["a"].ravel(), t["b"]])
+    unflat = lambda v: {"a": v[:4].reshape(2, 2), "b": v[4:]}
+    matvec = lambda t: unflat(SPD @ flat(t))
+    x = ls.get_solver(name)(matvec, b, ridge=0.5)
+    expected = np.linalg.solve(SPD + 0.5 * np.eye(N), flat(b))
+    np.testing.assert_allclose(flat(x), expected, rtol=1e-9)
+    assert x["a"].shape == (2, 2)
+
+
+def test_init_and_preconditioner_reduce_iterations():
+    exact = np.linalg.solve(SPD, B)
+    _, cold = ls.cg(lambda v: SPD @ v, B, return_info=True)
+    _, warm = ls.cg(lambda v: SPD @ v, B, init=jnp.asarray(exact) + 1e-9, return_info=True)
+    assert int(warm.iterations) < int(cold.iterations)
+    for solver, A in ((ls.cg, SPD), (ls.gmres, NONSYM), (ls.bicgstab, NONSYM)):
+        mv = lambda v, A=A: A @ v
+        _, info = solver(mv, B, return_info=True)
+        exact_inverse = lambda r, A=A: jnp.linalg.solve(A, r)
+        x, info_p = solver(mv, B, M=exact_inverse, return_info=True)
+        assert bool(info_p.converged) and int(info_p.iterations) <= int(info.iterations)
+        np.testing.assert_allclose(x, np.linalg.solve(A, B), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab"])
+def test_nonconvergence_is_reported(name):
+    x, info = ls.get_solver(name)(lambda v: SPD @ v, B, maxiter=2, return_info=True)
+    assert not bool(info.converged)
+    assert float(info.residual_norm) > 1e-6 * float(info.b_norm)
+
+
+def test_singular_dense_solve_is_reported():
+    A = jnp.ones((3, 3))
+    _, info = ls.lu(lambda v: A @ v, jnp.array([1.0, 0.0, 0.0]), return_info=True)
+    assert not bool(info.converged)
+    x, info = ls.lstsq(lambda v: A @ v, jnp.array([1.0, 1.0, 1.0]), return_info=True)
+    np.testing.assert_allclose(x, np.full(3, 1 / 3), rtol=1e-10)  # minimum-norm solution
+
+
+def test_vmap_over_batch_of_systems():
+    As = jnp.stack([SPD, 2 * SPD, SPD + jnp.eye(N)])
+    Bs = jnp.stack([B, -B, 2 * B])
+    for name in ("cg", "gmres", "lu"):
+        xs, info = jax.vmap(solve_jit(name))(As, Bs)
+        np.testing.assert_allclose(xs, np.linalg.solve(As, Bs[..., None])[..., 0], rtol=1e-9)
+        assert info.converged.shape == (3,) and bool(info.converged.all())
+
+
+def test_float32_default_tolerance(float32):
+    A, b = SPD.astype(jnp.float32), B.astype(jnp.float32)
+    for name in ("cg", "gmres", "bicgstab", "lu"):
+        x, info = ls.get_solver(name)(lambda v: A @ v, b, return_info=True)
+        assert x.dtype == jnp.float32 and bool(info.converged), name
+        np.testing.assert_allclose(x, np.linalg.solve(np.float64(A), np.float64(b)), rtol=1e-4)
+
+
+def test_auto_rule():
+    """Dense below the threshold (1 'iteration'); CG if symmetric, GMRES otherwise above it."""
+    _, info = ls.auto(lambda v: SPD @ v, B, return_info=True)
+    assert int(info.iterations) == 1
+    n = ls.DENSE_THRESHOLD + 1
+    A = jnp.eye(n) * 2.0 + 0.01 * jnp.asarray(rng.normal(size=(n, n)))
+    A = A + A.T
+    b = jnp.ones(n)
+    _, info_cg = ls.auto(lambda v: A @ v, b, symmetric=True, return_info=True)
+    _, info_gm = ls.auto(lambda v: A @ v, b, return_info=True)
+    _, ref_cg = ls.cg(lambda v: A @ v, b, return_info=True)
+    _, ref_gm = ls.gmres(lambda v: A @ v, b, return_info=True)
+    assert int(info_cg.iterations) == int(ref_cg.iterations) > 1
+    assert int(info_gm.iterations) == int(ref_gm.iterations) > 1
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="expected one of"):
+        ls.get_solver("qr")
