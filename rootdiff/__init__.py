@@ -1,6 +1,6 @@
 """rootdiff: make any solver differentiable by the implicit function theorem."""
 
-from rootdiff import linear_solve
+from rootdiff import layers, linear_solve
 from rootdiff._checks import ConvergenceError, ConvergenceWarning
 from rootdiff.implicit import (
     RootInfo,
@@ -11,6 +11,7 @@ from rootdiff.implicit import (
     root_vjp,
 )
 from rootdiff.solvers.bisection import bisection
+from rootdiff.solvers.projected_gradient import projected_gradient
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,9 @@ __all__ = [
     "bisection",
     "custom_fixed_point",
     "custom_root",
+    "layers",
     "linear_solve",
+    "projected_gradient",
     "root_jvp",
     "root_vjp",
 ]
