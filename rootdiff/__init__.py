@@ -1,6 +1,6 @@
 """rootdiff: make any solver differentiable by the implicit function theorem."""
 
-from rootdiff import layers, linear_solve
+from rootdiff import layers, linear_solve, projections
 from rootdiff._checks import ConvergenceError, ConvergenceWarning
 from rootdiff.implicit import (
     RootInfo,
@@ -26,6 +26,7 @@ __all__ = [
     "layers",
     "linear_solve",
     "projected_gradient",
+    "projections",
     "root_jvp",
     "root_vjp",
 ]
