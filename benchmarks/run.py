@@ -94,16 +94,22 @@ def main(argv: list[str] | None = None) -> int:
             new = [Row(name, "—", note=f"ERROR {type(e).__name__}: {e}".splitlines()[0][:160])]
         rows += new
         print(f"# {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        if a.json:  # written after every workload, so a long run leaves partial results
+            _write_json(a.json, rows, a.quick)
     print(format_table(rows))
     print(f"# total {time.perf_counter() - t_all:.1f} s")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(
-                {"machine": machine(), "quick": a.quick, "rows": [r.to_dict() for r in rows]},
-                f,
-                indent=1,
-            )
+        _write_json(a.json, rows, a.quick)
     return 0
+
+
+def _write_json(path: str, rows: list[Row], quick: bool) -> None:
+    from benchmarks._common import fill_ratios
+
+    fill_ratios(rows)
+    with open(path, "w") as f:
+        payload = {"machine": machine(), "quick": quick, "rows": [r.to_dict() for r in rows]}
+        json.dump(payload, f, indent=1)
 
 
 if __name__ == "__main__":
