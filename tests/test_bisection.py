@@ -91,6 +91,8 @@ def test_tol_and_maxiter():
     assert 1e-12 < abs(float(loose) - np.sqrt(2)) <= 5e-4
     capped = rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3)
     assert abs(float(capped) - np.sqrt(2)) <= 2.0 / 2**4
+    # ftol: stop at the first midpoint with |f| ≤ ftol (1, then 1.5 with |f| = 0.25).
+    assert float(rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, ftol=0.3)) == 1.5
 
 
 # --------------------------------------------------------------------------- bracket ends

@@ -70,16 +70,18 @@ def bisection(
     tol: float | jax.Array | None = None,
     maxiter: int | None = None,
     check_bracket: bool = True,
+    ftol: float = 0.0,
     solve: Any = scalar_solve,
     check: str = "warn",
 ) -> jax.Array:
     r"""Root ``x*`` of the scalar function ``f(x, *args)`` in ``[lower, upper]``.
 
     Halves the bracket, keeping the half on which ``f`` changes sign, until its width
-    is at most ``tol`` (or ``f(mid) = 0`` exactly, or no float lies strictly between
-    the ends), then returns the false-position point of the last bracket
-    ``lo − f(lo)(hi − lo)/(f(hi) − f(lo))`` (exact where ``f`` is linear on it, an
-    ``O(tol²)`` error where smooth). Increasing and decreasing ``f`` both work.
+    is at most ``tol`` (or ``|f(mid)| ≤ ftol``, by default ``f(mid) = 0`` exactly, or
+    no float lies strictly between the ends), then returns the false-position point
+    of the last bracket ``lo − f(lo)(hi − lo)/(f(hi) − f(lo))`` (exact where ``f``
+    is linear on it, an ``O(tol²)`` error where smooth). Increasing and decreasing
+    ``f`` both work.
     A root exactly at ``lower`` or ``upper`` is returned as that end.
 
     Differentiable with respect to ``args`` in every mode (``grad``, ``jvp``,
@@ -103,6 +105,9 @@ def bisection(
       maxiter: iteration cap; default ``3·(mantissa bits + 1)`` (159 in float64,
         72 in float32), more than the default ``tol`` needs.
       check_bracket: raise ``ValueError`` eagerly when there is no sign change.
+      ftol: also stop, returning ``mid``, when ``|f(mid)| ≤ ftol``. Default 0: a
+        residual test depends on the scale of ``f`` (a flat ``f`` passes it far
+        from the root), so by default only the bracket width decides.
       solve: the ``1 × 1`` linear solve of the derivative (default: a division).
       check: ``"warn"``, ``"raise"``, ``"nan"`` or ``"off"``, as in
         :func:`rootdiff.custom_root`: reports NaN roots (no bracket) and a zero
@@ -183,7 +188,7 @@ def bisection(
             f_mid = F(mid, *a)
             s_mid = jnp.sign(f_mid)
             right = s_mid == s_lo  # the sign change is in [mid, hi]
-            zero = s_mid == 0
+            zero = jnp.abs(f_mid) <= ftol
             new_lo = jnp.where(zero | right, mid, lo)
             new_hi = jnp.where(zero | ~right, mid, hi)
             f_lo = jnp.where(zero | right, f_mid, f_lo)
