@@ -127,12 +127,15 @@ def _lml_solve(matvec, b, *, return_info: bool = False):
 
 
 def _lml_row(x: jax.Array, k: Any) -> jax.Array:
-    n = x.shape[-1]
     z = x - jax.lax.stop_gradient(jnp.max(x))
-    k_over_n = jax.lax.stop_gradient(jnp.asarray(k, z.dtype) / n)
-    base = jnp.log(k_over_n) - jnp.log1p(-k_over_n)  # logit(k/n)
-    lower = base - 1.0  # every term ≤ sigmoid(logit(k/n) − 1) < k/n
-    upper = base - jax.lax.stop_gradient(jnp.min(z)) + 1.0  # every term > k/n
+    # Entries at −inf (masked) have sigmoid 0: the bracket counts the m finite ones.
+    finite = jax.lax.stop_gradient(z > -jnp.inf)
+    m = jnp.sum(finite).astype(z.dtype)
+    k_over_m = jax.lax.stop_gradient(jnp.asarray(k, z.dtype) / m)
+    base = jnp.log(k_over_m) - jnp.log1p(-k_over_m)  # logit(k/m)
+    z_min = jax.lax.stop_gradient(jnp.min(jnp.where(finite, z, 0.0)))
+    lower = base - 1.0  # every term ≤ sigmoid(logit(k/m) − 1) < k/m
+    upper = base - z_min + 1.0  # every finite term > k/m
     nu = bisection(_lml_fun, lower, upper, z, k, solve=_lml_solve, check_bracket=False, check="off")
     return jax.nn.sigmoid(z + nu)
 
@@ -155,6 +158,8 @@ def lml(x: jax.Array, k: int | float | jax.Array, axis: int = -1) -> jax.Array:
         returns ones and ``k ≤ 0`` zeros, as in the paper's code), or an array
         broadcastable to the batch shape (``x`` without ``axis``), which is
         differentiated if floating; an array ``k`` outside ``(0, n)`` gives NaN.
+        Entries ``−inf`` (masked) get ``y = 0``; ``k`` must then be below the
+        number of finite entries (else NaN).
       axis: the axis to project along.
 
     Returns:

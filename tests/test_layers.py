@@ -225,3 +225,18 @@ def test_lml_float32_matches_float64(float32):
 
 def test_layers_are_exported():
     assert rootdiff.layers.sparsemax is sparsemax and rootdiff.layers.lml is lml
+
+
+def test_masked_entries():
+    """``−inf`` scores get zero output and zero gradient; the rest is unaffected."""
+    x = jnp.array([1.0, -jnp.inf, 0.5, 2.0, -jnp.inf, -0.3])
+    keep = np.isfinite(x)
+    g = jnp.array(G[0, :6])
+    for layer in (sparsemax, lambda x: lml(x, 2)):
+        y = layer(x)
+        np.testing.assert_allclose(y[keep], layer(x[keep]), rtol=1e-13)
+        assert (y[~keep] == 0).all()
+        grad = jax.grad(lambda x: jnp.vdot(g, layer(x)))(x)
+        ref = jax.grad(lambda x: jnp.vdot(g[keep], layer(x)))(x[keep])
+        np.testing.assert_allclose(grad[keep], ref, rtol=1e-12)
+        assert (grad[~keep] == 0).all()
