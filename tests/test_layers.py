@@ -136,7 +136,7 @@ def assert_lml_solution(y, x, k, tol):
     np.testing.assert_allclose(nu, nu[..., :1] * np.ones_like(nu), atol=tol * 10)
 
 
-@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("k", [1, 8])
 def test_lml_values_and_closed_form_vjp(k):
     y = lml(X, k)
     assert_lml_solution(y, X, k, 1e-13)
