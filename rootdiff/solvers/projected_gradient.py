@@ -62,6 +62,10 @@ def _max_abs(tree: PyTree) -> jax.Array:
     return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
 
 
+def _all_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def _dtype(tree: PyTree) -> Any:
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -154,21 +158,28 @@ def _fista(
 
     def body(s: _State) -> _State:
         g = grad(s.y)
-        eta = search(s.y, g, s.eta * increase) if line_search else s.eta
-        x_new = step(s.y, g, eta)
-        residual = _max_abs(otu.tree_sub(x_new, s.y))
+        # The extrapolated y may leave fun's domain (e.g. an entropy on (0, 1)ⁿ, when
+        # the momentum overshoots a bound): then restart from the last projected
+        # point x, which is feasible.
+        outside = ~_all_finite(g)
+        y, g = jax.lax.cond(outside, lambda: (s.x, grad(s.x)), lambda: (s.y, g))
+        y_feasible = s.y_feasible | outside
+        t = jnp.where(outside, 1.0, s.t).astype(s.t.dtype)
+        eta = search(y, g, s.eta * increase) if line_search else s.eta
+        x_new = step(y, g, eta)
+        residual = _max_abs(otu.tree_sub(x_new, y))
         small = residual <= tol
-        done = s.y_feasible & small
+        done = y_feasible & small
         # Adaptive restart when the momentum points uphill, and a forced restart
         # when the step is small, so that the next iterate is checked at a feasible y.
-        uphill = otu.tree_vdot(otu.tree_sub(s.y, x_new), otu.tree_sub(x_new, s.x)) > 0
+        uphill = otu.tree_vdot(otu.tree_sub(y, x_new), otu.tree_sub(x_new, s.x)) > 0
         restart = uphill | small
-        t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * s.t**2)) / 2).astype(s.t.dtype)
-        beta = jnp.where(restart, 0.0, (s.t - 1) / t_new).astype(s.t.dtype)
+        t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * t**2)) / 2).astype(t.dtype)
+        beta = jnp.where(restart, 0.0, (t - 1) / t_new).astype(t.dtype)
         y_new = otu.tree_add_scale(x_new, beta, otu.tree_sub(x_new, s.x))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(done, b, a), new, old)
         return _State(
-            x=keep(x_new, s.x), y=keep(y_new, s.y), y_feasible=beta == 0, t=t_new,
+            x=keep(x_new, s.x), y=keep(y_new, y), y_feasible=beta == 0, t=t_new,
             eta=eta, it=s.it + 1, done=done,
         )  # fmt: skip
 
