@@ -1,0 +1,84 @@
+"""Check issue 5's performance targets against a ``run.py --json`` file.
+
+Usage: ``python benchmarks/targets.py benchmarks/results_full.json`` prints a
+Markdown list: each target, the measured ratio(s), met / not met.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _find(rows, workload_prefix, impl_prefix):
+    for r in rows:
+        if r["workload"].startswith(workload_prefix) and r["impl"].startswith(impl_prefix):
+            return r
+    return None
+
+
+def _ratio(rows, wl, ours, theirs):
+    a, b = _find(rows, wl, ours), _find(rows, wl, theirs)
+    if not a or not b or a["run_ms"] is None or b["run_ms"] is None:
+        return None
+    return a["run_ms"] / b["run_ms"]
+
+
+# (workload prefix, rootdiff impl prefix, peer impl prefix, bound: ours/theirs <= bound)
+TARGETS = [
+    ("ridge n=2000 d=200", "rootdiff argmin", "jaxopt custom_root (solve_cg)", 1.0),
+    ("ridge n=2000 d=200", "rootdiff argmin", "closed form", 1.1),
+    ("ridge n=2000 d=2000", "rootdiff argmin", "jaxopt custom_root (solve_cg)", 1.0),
+    ("ridge n=2000 d=2000", "rootdiff argmin", "closed form", 1.1),
+    ("sparsemax", "rootdiff", "jaxopt Bisection", 1.0),
+    ("sparsemax", "rootdiff", "sort-based", 0.1),
+    ("LML", "rootdiff", "jaxopt Bisection", 1.0),
+    ("LML", "rootdiff", "closed-form backward", 1.0),
+    ("batched QP: 256 NNLS", "rootdiff", "qpax solve_qp_primal (backend='e'", 1.0),
+    ("batched QP: 64 x", "rootdiff", "qpax solve_qp_primal (backend='e'", 1.0),
+    ("batched QP: 64 x", "rootdiff", "jaxopt OSQP", 0.1),
+    ("equality QP", "rootdiff", "dense KKT", 1.2),
+    ("DEQ fixed point n=4000", "rootdiff", "jaxopt custom_fixed_point (solve_gmres)", 0.8),
+    ("DEQ fixed point n=6000", "rootdiff", "jaxopt custom_fixed_point (solve_gmres)", 0.8),
+]
+
+
+def report(rows) -> str:
+    out = []
+    for wl, ours, theirs, bound in TARGETS:
+        r = _ratio(rows, wl, ours, theirs)
+        if r is None:
+            out.append(f"- {wl}: {ours} / {theirs} ≤ {bound}: **not measured**")
+            continue
+        ok = "met" if r <= bound else "**not met**"
+        out.append(f"- {wl}: {ours} / {theirs} = {r:.2f} (target ≤ {bound}): {ok}")
+    # memory: rootdiff peak RSS ≤ unrolled's on the DEQ workloads
+    for wl in sorted({r["workload"] for r in rows if r["workload"].startswith("DEQ")}):
+        a, b = _find(rows, wl, "rootdiff"), _find(rows, wl, "unrolled")
+        if a and b and a["mem_mb"] is not None and b["mem_mb"] is not None:
+            ok = "met" if a["mem_mb"] <= b["mem_mb"] else "**not met**"
+            out.append(
+                f"- {wl}: peak RSS Δ rootdiff {a['mem_mb']:.0f} MiB vs unrolled "
+                f"{b['mem_mb']:.0f} MiB: {ok}"
+            )
+    # compile time ≤ jaxopt's (fastest-compiling jaxopt row) on every workload
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        mine = _find(rows, wl, "rootdiff")
+        jx = [r for r in rows if r["workload"] == wl and r["impl"].startswith("jaxopt")]
+        jx = [r["compile_s"] for r in jx if r["compile_s"] is not None]
+        if mine and mine["compile_s"] is not None and jx:
+            ok = "met" if mine["compile_s"] <= min(jx) else "**not met**"
+            out.append(f"- {wl}: compile {mine['compile_s']:.2f} s vs jaxopt {min(jx):.2f} s: {ok}")
+    # accuracy: every rootdiff float64 gradient ≤ 1e-8
+    for r in rows:
+        if r["is_rootdiff"] and r["float64"] and r["grad_err"] is not None:
+            if r["workload"].endswith("K=10"):
+                continue  # the scaling study's deliberately unconverged K = 10
+            ok = "met" if r["grad_err"] <= 1e-8 else "**not met**"
+            out.append(f"- {r['workload']} / {r['impl']}: grad error {r['grad_err']:.1e}: {ok}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        print(report(json.load(f)["rows"]))
