@@ -430,6 +430,7 @@ def auto(
     b: PyTree,
     *,
     symmetric: bool = False,
+    return_info: bool = False,
     **options: Any,
 ):
     """Pick a solver: dense LU for ``n ≤ DENSE_THRESHOLD``, else CG or GMRES.
@@ -442,8 +443,8 @@ def auto(
     n = sum(jnp.size(leaf) for leaf in jax.tree.leaves(b))
     if n <= DENSE_THRESHOLD:
         options = {k: v for k, v in options.items() if k not in ("M", "restart")}
-        return lu(matvec, b, **options)
-    return (cg if symmetric else gmres)(matvec, b, **options)
+        return lu(matvec, b, return_info=return_info, **options)
+    return (cg if symmetric else gmres)(matvec, b, return_info=return_info, **options)
 
 
 SOLVERS: dict[str, Callable[..., Any]] = {

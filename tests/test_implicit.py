@@ -429,6 +429,13 @@ def test_backward_nonconvergence_warns_under_jit():
         _ridge_loss_with("warn", CG1)(0.7)
 
 
+def test_default_auto_solve_is_checked():
+    """The default solve="auto" reports a singular backward system (a double root)."""
+    double_root = rootdiff.custom_root(lambda x, a: (x - a) ** 2)(lambda x, a: a)
+    with pytest.warns(rootdiff.ConvergenceWarning, match="linear solve"):
+        jax.jit(jax.grad(lambda a: double_root(jnp.zeros(2), a).sum()))(jnp.ones(2))
+
+
 def test_backward_nonconvergence_raises_under_jit():
     with pytest.raises(Exception, match="did not converge"):
         jax.block_until_ready(_ridge_loss_with("raise", CG1)(0.7))
