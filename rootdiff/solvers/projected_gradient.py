@@ -132,7 +132,7 @@ def _fista(
     def step(y, g, eta):
         return proj(otu.tree_add_scale(y, -eta, g))
 
-    def search(y, g, eta0):
+    def search(y, g, eta0, skip):
         """Largest ``η = eta0 · backtrack^j`` passing the curvature test along the step.
 
         ``⟨∇f(x⁺) − ∇f(y), x⁺ − y⟩ ≤ ‖x⁺ − y‖² / (2η)`` with ``x⁺ = P(y − η∇f(y))``. For
@@ -151,37 +151,39 @@ def _fista(
 
         def cond(c):
             eta, j = c
-            return (j < max_backtracks) & ~ok(eta)
+            return (j < max_backtracks) & ~skip & ~ok(eta)
 
         eta, _ = jax.lax.while_loop(cond, lambda c: (c[0] * backtrack, c[1] + 1), (eta0, 0))
         return eta
 
     def body(s: _State) -> _State:
         g = grad(s.y)
-        # The extrapolated y may leave fun's domain (e.g. an entropy on (0, 1)ⁿ, when
-        # the momentum overshoots a bound): then restart from the last projected
-        # point x, which is feasible.
+        # The extrapolated y may leave fun's domain (e.g. an entropy on (0, 1)ⁿ when the
+        # momentum overshoots a bound): then this iteration only restarts from the last
+        # projected point x, which is feasible. (Selecting at the end rather than
+        # re-evaluating the gradient in a lax.cond: under vmap a cond runs both branches.)
         outside = ~_all_finite(g)
-        y, g = jax.lax.cond(outside, lambda: (s.x, grad(s.x)), lambda: (s.y, g))
-        y_feasible = s.y_feasible | outside
-        t = jnp.where(outside, 1.0, s.t).astype(s.t.dtype)
-        eta = search(y, g, s.eta * increase) if line_search else s.eta
-        x_new = step(y, g, eta)
-        residual = _max_abs(otu.tree_sub(x_new, y))
+        g = jax.tree.map(lambda v: jnp.where(outside, jnp.zeros_like(v), v), g)  # no NaN in P
+        eta = search(s.y, g, s.eta * increase, outside) if line_search else s.eta
+        x_new = step(s.y, g, eta)
+        residual = _max_abs(otu.tree_sub(x_new, s.y))
         small = residual <= tol
-        done = y_feasible & small
+        done = s.y_feasible & small
         # Adaptive restart when the momentum points uphill, and a forced restart
         # when the step is small, so that the next iterate is checked at a feasible y.
-        uphill = otu.tree_vdot(otu.tree_sub(y, x_new), otu.tree_sub(x_new, s.x)) > 0
+        uphill = otu.tree_vdot(otu.tree_sub(s.y, x_new), otu.tree_sub(x_new, s.x)) > 0
         restart = uphill | small
-        t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * t**2)) / 2).astype(t.dtype)
-        beta = jnp.where(restart, 0.0, (t - 1) / t_new).astype(t.dtype)
+        t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * s.t**2)) / 2).astype(s.t.dtype)
+        beta = jnp.where(restart, 0.0, (s.t - 1) / t_new).astype(s.t.dtype)
         y_new = otu.tree_add_scale(x_new, beta, otu.tree_sub(x_new, s.x))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(done, b, a), new, old)
-        return _State(
-            x=keep(x_new, s.x), y=keep(y_new, y), y_feasible=beta == 0, t=t_new,
+        advanced = _State(
+            x=keep(x_new, s.x), y=keep(y_new, s.y), y_feasible=beta == 0, t=t_new,
             eta=eta, it=s.it + 1, done=done,
         )  # fmt: skip
+        restarted = s._replace(y=s.x, y_feasible=jnp.array(True), t=jnp.ones_like(s.t),
+                               it=s.it + 1)  # fmt: skip
+        return jax.tree.map(lambda a, b: jnp.where(outside, a, b), restarted, advanced)
 
     def cond(s: _State) -> jax.Array:
         return (~s.done) & (s.it < maxiter)
