@@ -33,6 +33,7 @@ from benchmarks._common import (
     memcase_reply,
     omitted_in_quick,
     peak_rss_mb,
+    reset_peak_rss,
     skipped,
     time_jitted,
 )
@@ -134,6 +135,7 @@ def memcase(case: dict) -> None:
     """Child-process entry: compile and run one implementation, report peak RSS."""
     args = _args(case["n"], case["batch"])
     loss = implementations()[case["impl"]]
+    reset_peak_rss()
     base = current_rss_mb()
     time_jitted(jax.value_and_grad(loss), args, repeats=1)
     memcase_reply({"base_mb": base, "peak_mb": peak_rss_mb()})
@@ -171,7 +173,17 @@ def run(quick: bool = False, memory: bool = True) -> list[Row]:
 WORKLOADS = {"fixed_point": run}
 
 if __name__ == "__main__":
-    if "--memcase" in sys.argv:
+    if "--memory-only" in sys.argv:  # peak memory rows only (no timing run)
+        for n, batch in [(4000, 8), (6000, 8)]:
+            for impl, loss in implementations().items():
+                if loss is not None:
+                    case = {"n": n, "batch": batch, "impl": impl}
+                    rep = measure_in_subprocess("fixed_point", case)
+                    mem = (
+                        rep.get("peak_mb", 0) - rep.get("base_mb", 0) if "error" not in rep else rep
+                    )
+                    print(f"n={n} {impl}: {mem}", flush=True)
+    elif "--memcase" in sys.argv:
         memcase(json.loads(sys.argv[sys.argv.index("--memcase") + 1]))
     else:
         from benchmarks._common import format_table

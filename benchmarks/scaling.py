@@ -29,6 +29,7 @@ from benchmarks._common import (
     measure_in_subprocess,
     memcase_reply,
     peak_rss_mb,
+    reset_peak_rss,
     time_jitted,
 )
 
@@ -81,6 +82,7 @@ def memcase(case: dict) -> None:
     x, y = make_problem(case["n"])
     args = (jnp.asarray(x), jnp.asarray(RHO), jnp.asarray(y))
     loss = implementations(case["K"])[case["impl"]]
+    reset_peak_rss()
     base = current_rss_mb()
     time_jitted(jax.value_and_grad(loss, argnums=(0, 1)), args, repeats=1)
     memcase_reply({"base_mb": base, "peak_mb": peak_rss_mb()})
