@@ -435,7 +435,7 @@ def _solve_root(
         if check != "off":
             residual = _max_abs(F_c(sol, dyn_leaves, *f_consts))
             sol = _checks.guard(
-                sol, residual, tol, 0, mode=check,
+                sol, residual, tol, -1, mode=check,
                 what=f"the forward solve ({fname} residual max|F(params)|)",
             )  # fmt: skip
         return (sol, out[1]) if has_aux else sol

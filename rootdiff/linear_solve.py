@@ -55,9 +55,10 @@ PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
 
 #: Systems with at most this many unknowns are solved densely by ``auto``.
-#: Measured in ``benchmarks/dense_threshold.py``: on a 2-core CPU a dense LU of the
-#: materialised Jacobian beats GMRES/CG up to a few hundred unknowns.
-DENSE_THRESHOLD = 200
+#: Measured in ``benchmarks/dense_threshold.py`` (see docs/benchmarks.md): on a
+#: 2-core CPU the dense LU of the materialised Jacobian beats GMRES/CG up to about
+#: 100 unknowns for a single system and 100–200 for a vmapped batch.
+DENSE_THRESHOLD = 100
 
 
 class SolveInfo(NamedTuple):
@@ -255,10 +256,12 @@ def gmres(
 ):
     """Restarted GMRES(``restart``) for a general square ``A``: solves ``A x = b``.
 
-    Each cycle builds an Arnoldi basis of ``restart`` vectors (modified
-    Gram–Schmidt), solves the small ``(restart+1) × restart`` least-squares
-    problem, and restarts until the true residual meets ``tol``. ``M`` is a
-    right preconditioner. ``maxiter`` caps the number of matvecs
+    Each cycle grows an Arnoldi basis (classical Gram–Schmidt with one
+    re-orthogonalisation, as two matrix products) while Givens rotations keep the
+    least-squares residual ``‖b − A x‖`` current, so a cycle stops as soon as it
+    meets ``tol`` — no matvec is spent past convergence. The cycle's end residual
+    is recomputed exactly (one matvec) and starts the next cycle. ``M`` is a right
+    preconditioner. ``maxiter`` caps the number of Arnoldi matvecs
     (default ``10 n``).
 
     Example:
@@ -272,47 +275,70 @@ def gmres(
     n = b_flat.size
     maxiter = 10 * n if maxiter is None else maxiter
     m = max(1, min(restart, n, maxiter))
-    max_cycles = max(1, -(-maxiter // m))
     dtype = b_flat.dtype
     tiny = jnp.finfo(dtype).tiny
+    eye = jnp.eye(m, dtype=dtype)
 
-    def arnoldi_cycle(x):
-        r = b_flat - mv(x)
+    def cycle(x, r, budget):
         beta = _norm(r)
         V = jnp.zeros((m + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1))
-        H = jnp.zeros((m + 1, m), dtype)
+        R = jnp.zeros((m + 1, m), dtype)  # Hessenberg matrix, rotated to upper triangular
+        g = jnp.zeros(m + 1, dtype).at[0].set(beta)  # rotated right-hand side
+        cs = jnp.zeros(m, dtype)
+        sn = jnp.zeros(m, dtype)
 
-        def step(j, VH):
-            V, H = VH
+        def inner_cond(state):
+            j, _, _, g, _, _ = state
+            return (j < jnp.minimum(m, budget)) & (jnp.abs(g[j]) > thresh)
+
+        def inner_body(state):
+            j, V, R, g, cs, sn = state
             w = mv(prec(V[j]))
+            h = V @ w  # rows > j of V are zero
+            w = w - V.T @ h
+            h2 = V @ w  # re-orthogonalise (CGS2)
+            w = w - V.T @ h2
+            h = h + h2
+            h_next = _norm(w)
+            V = V.at[j + 1].set(
+                jnp.where(h_next > tiny, w / jnp.where(h_next > tiny, h_next, 1), 0)
+            )
+            h = h.at[j + 1].set(h_next)
 
-            def mgs(i, wh):
-                w, h = wh
-                hij = jnp.where(i <= j, jnp.vdot(V[i], w), 0)
-                return w - hij * V[i], h.at[i].set(hij)
+            def rotate(i, h):  # apply the previous rotations i < j
+                hi, hi1 = h[i], h[i + 1]
+                c, s = jnp.where(i < j, cs[i], 1), jnp.where(i < j, sn[i], 0)
+                return h.at[i].set(c * hi + s * hi1).at[i + 1].set(-s * hi + c * hi1)
 
-            w, h = jax.lax.fori_loop(0, m, mgs, (w, jnp.zeros(m + 1, dtype)))
-            hnext = _norm(w)
-            h = h.at[j + 1].set(hnext)
-            V = V.at[j + 1].set(jnp.where(hnext > tiny, w / jnp.where(hnext > tiny, hnext, 1), 0))
-            return V, H.at[:, j].set(h)
+            h = jax.lax.fori_loop(0, m, rotate, h)
+            denom = jnp.hypot(h[j], h[j + 1])
+            c = jnp.where(denom > 0, h[j] / jnp.where(denom > 0, denom, 1), 1)
+            s = jnp.where(denom > 0, h[j + 1] / jnp.where(denom > 0, denom, 1), 0)
+            h = h.at[j].set(denom).at[j + 1].set(0)
+            g = g.at[j + 1].set(-s * g[j]).at[j].set(c * g[j])
+            return j + 1, V, R.at[:, j].set(h), g, cs.at[j].set(c), sn.at[j].set(s)
 
-        V, H = jax.lax.fori_loop(0, m, step, (V, H))
-        e1 = jnp.zeros(m + 1, dtype).at[0].set(beta)
-        y = jnp.linalg.lstsq(H, e1)[0]
-        return x + prec(V[:m].T @ y)
+        k, V, R, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, (0, V, R, g, cs, sn))
+        active = jnp.arange(m) < k
+        # Unused columns become identity rows so that the triangular solve ignores them.
+        R_k = jnp.where(active[None, :] & active[:, None], R[:m], eye)
+        safe = jnp.where(active, jnp.diagonal(R_k), 1)
+        R_k = R_k.at[jnp.arange(m), jnp.arange(m)].set(jnp.where(safe != 0, safe, 1))
+        y = jax.scipy.linalg.solve_triangular(R_k, jnp.where(active, g[:m], 0), lower=False)
+        x = x + prec(V[:m].T @ y)
+        return x, b_flat - mv(x), k
 
     def cond(state):
-        _, r_norm, c = state
-        return (r_norm > thresh) & (c < max_cycles)
+        _, r, it = state
+        return (_norm(r) > thresh) & (it < maxiter)
 
     def body(state):
-        x, _, c = state
-        x = arnoldi_cycle(x)
-        return x, _norm(b_flat - mv(x)), c + 1
+        x, r, it = state
+        x, r, k = cycle(x, r, maxiter - it)
+        return x, r, it + jnp.maximum(k, 1)
 
-    x, r_norm, c = jax.lax.while_loop(cond, body, (x0, _norm(b_flat - mv(x0)), 0))
-    return _finish(x, r_norm, b_norm, c * m, thresh, unravel, return_info)
+    x, r, it = jax.lax.while_loop(cond, body, (x0, b_flat - mv(x0), 0))
+    return _finish(x, _norm(r), b_norm, it, thresh, unravel, return_info)
 
 
 def normal_cg(
