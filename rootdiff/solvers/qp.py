@@ -5,16 +5,16 @@ r"""Differentiable convex quadratic programs: a batched interior-point method.
 is solved by a primal–dual interior-point method (Mehrotra predictor–corrector)
 with fixed shapes and a ``lax.while_loop``, so it runs under ``jit`` and ``vmap``
 (one compiled loop for a whole batch). Its derivatives are *exact* derivatives of
-the solution map, obtained by :func:`rootdiff.custom_root` from the KKT conditions
+the solution map, attached by :func:`rootdiff.custom_root` to the KKT conditions
+on the active set identified at the solution (``active = z > s``),
 
-.. math::  F(x, y, z) = \begin{bmatrix} Qx + q + A^⊤y + G^⊤z \\ Ax − b \\
-           d ⊙ z ⊙ (Gx − h) \end{bmatrix} = 0,
+.. math::  F(x, y, z) = \begin{bmatrix} Qx + q + A^⊤y + G^⊤(a ⊙ z) \\ Ax − b \\
+           a ⊙ (Gx − h) − (1 − a) ⊙ z \end{bmatrix} = 0,
 
-where ``d = 1 / (z + |Gx − h|)`` is a fixed (non-differentiated) row scaling: it
-does not change the derivative (rows of ``∂F`` and of the right-hand side are
-scaled alike) but turns the complementarity rows into ``G_i ẋ = …`` for active
-and ``ż_i = 0`` for inactive constraints, which keeps the dense derivative solve
-well conditioned. See :func:`solve_qp` for the degenerate case.
+(:func:`qp_kkt_residual`), whose symmetric Jacobian is solved by eliminating
+``z`` into the IPM's own reduced ``(n + p)``-square system. The optional
+smoothed derivatives use the central-path conditions instead
+(:func:`qp_central_path_residual`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from rootdiff import _checks
 from rootdiff.implicit import custom_root
 from rootdiff.solvers.eq_qp import solve_eq_qp
 
-__all__ = ["solve_qp", "solve_eq_qp", "QPInfo", "QPStatus", "qp_kkt_residual"]
+__all__ = [
+    "solve_qp",
+    "solve_eq_qp",
+    "QPInfo",
+    "QPStatus",
+    "qp_kkt_residual",
+    "qp_central_path_residual",
+]
 
 
 class QPStatus:
@@ -82,22 +89,45 @@ def _sym(Q):
     return 0.5 * (Q + Q.T)
 
 
-def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, smoothing=0.0, balanced=False):
-    """The optimality function ``F(x, y, z)`` of the module docstring.
+def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
+    """KKT residual of the QP on an identified active set (the exact optimality function).
 
-    The complementarity row ``z ⊙ (Gx − h) + κ`` (``κ = smoothing``, 0 for the exact
-    QP; ``κ > 0`` gives the central path, the KKT conditions of the log-barrier
-    problem) is scaled by a constant (non-differentiated) ``d``. ``balanced=False``:
-    ``d = 1/z``, which makes ``∂F`` symmetric, ``[[Q, Aᵀ, Gᵀ], [A, 0, 0],
-    [G, 0, diag((Gx − h)/z)]]``, as used by the structured derivative solve;
-    ``balanced=True``: ``d = 1/(z + |Gx − h|)``, rows of unit size for generic
-    dense solvers. Row scaling changes neither the root nor the derivative.
+    ``active`` is a boolean ``(m,)`` mask (``z_i > s_i`` at the IPM's solution);
+    ``a`` below is its 0/1 value, ``ā = 1 − a``:
+
+    .. math::  F(x, y, z) = \\begin{bmatrix} Q_s x + q + A^⊤y + G^⊤(a ⊙ z) \\\\ Ax − b
+               \\\\ a ⊙ (Gx − h) − ā ⊙ z \\end{bmatrix}
+
+    with ``Q_s = (Q + Qᵀ)/2``. Under strict complementarity (``z_i > 0`` on active,
+    ``G_i x < h_i`` on inactive constraints) the QP's solution is a root of ``F``
+    and the solution map is differentiable with derivative ``−(∂F)⁻¹ ∂_θF`` — this
+    ``F`` gives it exactly, independently of how small the IPM drove ``s ⊙ z``.
+    ``∂F = [[Q_s, Aᵀ, G_aᵀ], [A, 0, 0], [G_a, 0, −diag(ā)]]`` (``G_a = diag(a) G``)
+    is symmetric.
+    """
+    x, y, z = primal_dual
+    z_active = jnp.where(active, z, 0.0)
+    return (
+        _sym(Q) @ x + q + A.T @ y + G.T @ z_active,
+        A @ x - b,
+        jnp.where(active, G @ x - h, -z),
+    )
+
+
+def qp_central_path_residual(primal_dual, Q, q, A, b, G, h, smoothing, balanced=False):
+    """KKT residual of the log-barrier problem: the central path at ``μ = smoothing``.
+
+    ``F = (Q_s x + q + Aᵀy + Gᵀz, Ax − b, d ⊙ (z ⊙ (Gx − h) + κ))`` with ``κ =
+    smoothing`` and a constant (non-differentiated) row scaling ``d``, which changes
+    neither the root nor the derivative: ``d = 1/z`` (``balanced=False``) makes
+    ``∂F = [[Q_s, Aᵀ, Gᵀ], [A, 0, 0], [G, 0, diag((Gx − h)/z)]]`` symmetric (for the
+    structured solve); ``d = 1/(z + |Gx − h|)`` gives rows of unit size (for generic
+    dense solvers).
     """
     x, y, z = primal_dual
     r = G @ x - h
-    tiny = jnp.finfo(r.dtype).tiny
     denom = z + jnp.abs(r) if balanced else z
-    scale = jax.lax.stop_gradient(1.0 / jnp.maximum(denom, tiny))
+    scale = jax.lax.stop_gradient(1.0 / jnp.maximum(denom, jnp.finfo(r.dtype).tiny))
     return (
         _sym(Q) @ x + q + A.T @ y + G.T @ z,
         A @ x - b,
@@ -218,6 +248,12 @@ class _Result(NamedTuple):
 #: Stop when the merit has not dropped by 10% for this many iterations.
 _PATIENCE = 5
 
+#: Fraction of the step to the boundary of s, z ≥ 0 that is taken.
+_TAU = 0.995
+
+#: Iterative-refinement steps of the structured derivative solve.
+_REFINE = 2
+
 
 def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
     """Mehrotra predictor–corrector on the slack form ``Gx + s = h, s ≥ 0``.
@@ -255,8 +291,15 @@ def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
         if smoothing > 0:
             comp = _inf_norm(it.s * it.z - smoothing) / smoothing
         else:
-            obj = jnp.maximum(jnp.abs(jnp.dot(it.x, Qx)), jnp.abs(jnp.dot(q, it.x)))
-            comp = jnp.dot(it.s, it.z) / jnp.maximum(1.0, obj)
+            # Scaled by the sizes of s and z, not of the objective: the derivative's
+            # error is about max_i min(s_i/z_i, z_i/s_i), so the products must be
+            # small on the scale of s and z themselves.
+            # Relative to the sizes of s and z (not of the objective, which can be
+            # much larger): the solution's error grows like z_i / s_i on inactive and
+            # s_i / z_i on active constraints.
+            comp = jnp.dot(it.s, it.z) / (
+                jnp.maximum(1.0, _inf_norm(it.s)) * jnp.maximum(1.0, _inf_norm(it.z))
+            )
         value = jnp.maximum(jnp.maximum(pres, dres), comp)
         value = jnp.where(jnp.isnan(value), jnp.inf, value)
 
@@ -329,7 +372,7 @@ def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
             mu_aff = jnp.dot(s + a_aff * ds, z + a_aff * dz) / m
             sigma = (mu_aff / mu) ** 3
             dx, dy, dz, ds = refined(s * z + ds * dz - sigma * mu)  # corrector
-        alpha = jnp.minimum(1.0, 0.99 * jnp.minimum(_max_step(s, ds), _max_step(z, dz)))
+        alpha = jnp.minimum(1.0, _TAU * jnp.minimum(_max_step(s, ds), _max_step(z, dz)))
         new = _Iterate(x + alpha * dx, y + alpha * dy, z + alpha * dz, s + alpha * ds)
         return classify(new, state.best, state.merit, state.stall, state.k + 1)
 
@@ -348,29 +391,39 @@ def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
     return _Result(*final.best, final.k, final.status)
 
 
-def _structured_solve(Q, A, G, z, s, reg):
-    """``solve(matvec, rhs)`` for the symmetric ``∂F`` of :func:`qp_kkt_residual`.
+def _structured_solve(Q, A, G, w, active, reg):
+    """``solve(matvec, rhs)`` for the symmetric ``∂F`` of the QP's optimality functions.
 
-    ``∂F = [[Q, Aᵀ, Gᵀ], [A, 0, 0], [G, 0, −diag(s/z)]]`` at the IPM's final
-    iterate. Eliminating ``dz = w ⊙ (G dx − r_z)`` (``w = z/s``) leaves the
-    IPM's own ``(n + p)``-square reduced system ``[[Q + Gᵀ diag(w) G, Aᵀ], [A, 0]]``,
+    Both :func:`qp_kkt_residual` and :func:`qp_central_path_residual` have
+    ``∂F = [[Q, Aᵀ, G_aᵀ], [A, 0, 0], [G_a, 0, −diag(1/w)]]`` (active-set form:
+    ``w = ∞`` on active, ``w = 0`` with row ``−ż_i`` on inactive constraints;
+    central path: ``w = z/s``). Eliminating ``dz = w ⊙ (G dx − r_z)`` leaves the
+    IPM's ``(n + p)``-square reduced system ``[[Q + Gᵀ diag(w) G, Aᵀ], [A, 0]]``,
     factorised once here and used for every derivative solve (and, ``∂F`` being
-    symmetric, for transposed ones). One step of iterative refinement against the
-    exact ``matvec`` removes rounding and the ``ρ`` regularisation's bias.
+    symmetric, for transposed ones). Infinite or huge ``w`` would swamp ``Q`` (at
+    ``w ≈ 1e15`` nothing of ``Q`` survives rounding), so ``w`` is capped at
+    ``eps^(-1/2)·max(1, ‖Q‖)/‖G‖²``, which enforces active constraints to about
+    ``sqrt(eps)``; two steps of iterative refinement against the exact ``matvec``
+    remove that error (each multiplies it by about ``sqrt(eps)``), the ``ρ``
+    regularisation's bias and rounding.
     """
     n = Q.shape[0]
-    w = z / s
+    eps = jnp.finfo(Q.dtype).eps
+    w_cap = jnp.maximum(1.0, _inf_norm(Q)) / jnp.maximum(_inf_norm(G) ** 2, eps) / jnp.sqrt(eps)
+    w = jnp.minimum(w, w_cap)
     fac = _reduced_factor(Q, A, G, w, reg)
 
     def apply_inverse(r):
         r_x, r_y, r_z = r
         dx, dy = _reduced_solve(fac, n, r_x + G.T @ (w * r_z), r_y)
-        return dx, dy, w * (G @ dx - r_z)
+        return dx, dy, jnp.where(active, w * (G @ dx - r_z), -r_z)
 
     def solve(matvec, rhs):
         d = apply_inverse(rhs)
-        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return jax.tree.map(jnp.add, d, apply_inverse(e))
+        for _ in range(_REFINE):
+            e = jax.tree.map(jnp.subtract, rhs, matvec(d))
+            d = jax.tree.map(jnp.add, d, apply_inverse(e))
+        return d
 
     return solve
 
@@ -423,26 +476,34 @@ def solve_qp(
     as one compiled loop that stops when every problem is done).
 
     **Algorithm.** Mehrotra predictor–corrector interior-point method on
-    ``Gx + s = h``, ``s ≥ 0``, started from CVXOPT's initial point; one LU
-    factorisation of the ``(n + p)``-square reduced KKT matrix per iteration.
-    Stops when ``‖Ax − b‖∞, ‖Gx + s − h‖∞ ≤ tol·(1 + max(‖b‖∞, ‖h‖∞))``,
-    ``‖Qx + q + Aᵀy + Gᵀz‖∞ ≤ tol·(1 + ‖q‖∞)`` and ``sᵀz ≤ tol·max(1, |objective|)``;
-    or when an infeasibility certificate holds to ``tol`` (primal: ``z ≥ 0``,
-    ``‖Aᵀy + Gᵀz‖∞ ≤ tol·t`` with ``t = −bᵀy − hᵀz > 0``; dual: ``‖Qx‖∞, ‖Ax‖∞,
-    max(Gx)₊ ≤ tol·t`` with ``t = −qᵀx > 0``); or after ``maxiter`` iterations.
+    ``Gx + s = h``, ``s ≥ 0``, started from CVXOPT's initial point; one
+    factorisation of the ``(n + p)``-square reduced KKT matrix per iteration
+    (unrolled LDLᵀ for ``n + p ≤ 16``, LAPACK LU above). Stops when the merit
+    ``max(‖Ax − b‖∞, ‖Gx + s − h‖∞) / max(1, ‖b‖∞, ‖h‖∞, ‖Ax‖∞, ‖Gx‖∞)``,
+    ``‖Qx + q + Aᵀy + Gᵀz‖∞ / max(1, ‖q‖∞, ‖Qx‖∞, ‖Aᵀy + Gᵀz‖∞)``,
+    ``sᵀz / (max(1, ‖s‖∞) max(1, ‖z‖∞))`` is at most ``tol``; when an
+    infeasibility certificate holds to ``tol`` (primal: ``‖Aᵀy + Gᵀz‖∞ ≤ tol·t``
+    with ``t = −bᵀy − hᵀz > 0``; dual: ``‖Qx‖∞, ‖Ax‖∞, max(Gx)₊ ≤ tol·t`` with
+    ``t = −qᵀx > 0``); when the merit has not dropped by 10% in 5 iterations
+    (stalled at the limit of rounding); or after ``maxiter`` iterations. The
+    iterate of smallest merit is returned.
 
     **Derivatives** (w.r.t. all six inputs, every autodiff mode) are those of the
-    exact solution map, from :func:`rootdiff.custom_root` on the KKT residual
-    :func:`qp_kkt_residual` at the returned ``(x, y, z)``; the ``(n + p + m)``-square
-    derivative system is solved densely (``diff_solve="lu"``; ``"lstsq"`` gives
-    minimum-norm derivatives when it is singular, e.g. for non-unique solutions).
-    They match finite differences wherever the active set is non-degenerate, up to
-    an error of order ``tol``. At a *degenerate* constraint (``z_i = 0`` and
-    ``G_i x = h_i``) the solution map has a kink and no derivative: the interior
-    point keeps ``s_i, z_i > 0`` tiny, and the scaled complementarity row reads
-    ``w G_i ẋ − (1 − w) ż_i = …`` with ``w = z_i / (z_i + s_i) ∈ (0, 1)``, a
-    finite blend of the two one-sided derivatives (constraint treated as active,
-    ``w = 1``, or inactive, ``w = 0``). It is finite, never NaN.
+    exact solution map: :func:`rootdiff.custom_root` on the KKT conditions of the
+    active set ``{i : z_i > s_i}`` identified at the solution
+    (:func:`qp_kkt_residual`). They do not depend on how far the interior point
+    drove ``s ⊙ z`` to zero, only on the accuracy of ``(x, y, z)`` and on the
+    active set being identified; they match finite differences wherever the active
+    set is non-degenerate (about 1e-8 relative in float64 at the default ``tol``).
+    The derivative system is solved by eliminating ``z`` into the IPM's reduced
+    ``(n + p)``-square system (``diff_solve=None``); or pass a
+    :mod:`rootdiff.linear_solve` name (``"lu"``, ``"lstsq"``, ...) to solve the
+    ``(n + p + m)``-square system generically (``"lstsq"`` gives minimum-norm
+    derivatives where it is singular, e.g. for non-unique solutions).
+    At a *degenerate* constraint (``z_i = 0`` and ``G_i x = h_i``) the solution
+    map has a kink and no derivative; the returned derivative is then the
+    one-sided derivative of the side the final iterate lies on (constraint
+    treated as active if ``z_i > s_i``, else inactive): finite, never NaN.
 
     **Failures.** If a problem is not solved (``status ≠ 0``: iteration limit,
     infeasible, unbounded), ``x`` is the last iterate and its derivatives are
@@ -481,10 +542,10 @@ def solve_qp(
       >>> A, b = jnp.zeros((0, 2)), jnp.zeros(0)
       >>> G, h = jnp.array([[1.0, 1.0]]), jnp.array([1.0])  # s.t. x₁ + x₂ ≤ 1
       >>> x, info = rootdiff.solve_qp(Q, q, A, b, G, h, return_info=True)
-      >>> [round(float(v), 6) for v in x], int(info.status), round(float(info.z[0]), 6)
+      >>> [round(float(v), 4) + 0.0 for v in x], int(info.status), round(float(info.z[0]), 4)
       ([0.0, 1.0], 0, 1.0)
       >>> dx_dh = jax.jacobian(lambda h: rootdiff.solve_qp(Q, q, A, b, G, h))(h)
-      >>> [round(float(v), 6) for v in dx_dh[:, 0]]
+      >>> [round(float(v), 4) for v in dx_dh[:, 0]]
       [0.5, 0.5]
     """
     _checks.validate_mode(check)
@@ -520,22 +581,34 @@ def solve_qp(
 
 
 def _differentiable(sol, s, data, inputs, smoothing, diff_solve):
-    """Attach the implicit derivative of ``qp_kkt_residual = 0`` to ``sol = (x, y, z)``."""
-    if diff_solve is None:
-        Q, _, A, _, G, _ = data
-        solve = _structured_solve(Q, A, G, sol[2], s, _regularisation(s.dtype))
-        residual = qp_kkt_residual
-        symmetric = True
+    """Attach the implicit derivative to ``sol = (x, y, z)`` via :func:`custom_root`.
+
+    ``smoothing = 0``: the active-set residual :func:`qp_kkt_residual` with
+    ``active = z > s``; ``smoothing > 0``: :func:`qp_central_path_residual`.
+    """
+    x, y, z = sol
+    Q, _, A, _, G, _ = data
+    reg = _regularisation(s.dtype)
+    if smoothing == 0:
+        active = z > s
+        residual, extra = qp_kkt_residual, (active,)
+        w = jnp.where(active, jnp.inf, 0.0)
     else:
-        solve = diff_solve
-        residual = functools.partial(qp_kkt_residual, balanced=True)
-        symmetric = False
+        active = jnp.ones(z.shape, bool)
+        residual, extra = qp_central_path_residual, (float(smoothing),)
+        w = z / s
+    if diff_solve is None:
+        solve, symmetric = _structured_solve(Q, A, G, w, active, reg), True
+    else:
+        solve, symmetric = diff_solve, False
+        if smoothing > 0:
+            residual = functools.partial(qp_central_path_residual, balanced=True)
 
     @custom_root(residual, solve=solve, symmetric=symmetric, check="off")
-    def solver(_init, Q, q, A, b, G, h, smoothing):
+    def solver(_init, Q, q, A, b, G, h, *extra):
         return sol
 
-    return solver(None, *inputs, smoothing)
+    return solver(None, *inputs, *extra)
 
 
 def _primal_residual(x, A, b, G, h):
