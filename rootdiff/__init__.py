@@ -12,12 +12,15 @@ from rootdiff.implicit import (
 )
 from rootdiff.solvers.bisection import bisection
 from rootdiff.solvers.projected_gradient import projected_gradient
+from rootdiff.solvers.qp import QPInfo, QPStatus, solve_eq_qp, solve_qp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
+    "QPInfo",
+    "QPStatus",
     "RootInfo",
     "argmin",
     "bisection",
@@ -29,4 +32,6 @@ __all__ = [
     "projections",
     "root_jvp",
     "root_vjp",
+    "solve_eq_qp",
+    "solve_qp",
 ]
