@@ -61,11 +61,19 @@ def skipped(workload: str, impl: str, why: str) -> Row:
     return Row(workload, impl, note=f"SKIPPED: {why}")
 
 
+#: A call slower than this (warm-up) is timed with the minimum 5 repeats.
+FEWER_REPEATS_S = 1.0
+#: A call slower than this is reported from its single (warm-up) call, with a note.
+SINGLE_CALL_S = 20.0
+
+
 def time_jitted(fn: Callable[..., Any], args: tuple, repeats: int = 5) -> tuple[float, float, Any]:
     """Compile ``jax.jit(fn)`` for ``args`` and time it.
 
     Returns ``(compile_seconds, median_run_milliseconds, output)``; the compiled
-    executable's XLA temp size (MiB) is left in ``time_jitted.last_temp_mb``.
+    executable's XLA temp size (MiB) is left in ``time_jitted.last_temp_mb``. Calls
+    slower than :data:`FEWER_REPEATS_S` get the minimum of 5 timed repeats; calls
+    slower than :data:`SINGLE_CALL_S` are timed once (``time_jitted.single_call``).
     """
     jitted = jax.jit(fn)
     t0 = time.perf_counter()
@@ -75,9 +83,14 @@ def time_jitted(fn: Callable[..., Any], args: tuple, repeats: int = 5) -> tuple[
         time_jitted.last_temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
     except Exception:  # noqa: BLE001 - not every backend reports it
         time_jitted.last_temp_mb = None
+    t0 = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))  # warm-up, excluded
+    warm_s = time.perf_counter() - t0
+    time_jitted.single_call = warm_s > SINGLE_CALL_S
+    if time_jitted.single_call:  # too slow for the median protocol: report this call
+        return compile_s, 1e3 * warm_s, out
     times = []
-    for _ in range(max(repeats, 5)):
+    for _ in range(5 if warm_s > FEWER_REPEATS_S else max(repeats, 5)):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
@@ -117,10 +130,69 @@ def bench(
         err = rel_err(grad_of(out), grad_ref) if grad_ref is not None else None
         row = Row(workload, impl, c, r, err, note=note, is_rootdiff=rootdiff, float64=float64)
         row.xla_temp_mb = time_jitted.last_temp_mb
+        if time_jitted.single_call:
+            row.note = (row.note + f" one call (> {SINGLE_CALL_S:.0f} s), not a median").strip()
         return row
     except Exception as e:  # noqa: BLE001 - report, do not crash the whole table
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:120]
         return Row(workload, impl, note=f"ERROR {msg}", is_rootdiff=rootdiff)
+
+
+def bench_all(
+    workload: str,
+    impls: dict[str, Any],
+    args: tuple,
+    grad_ref: Any,
+    *,
+    quick: bool,
+    repeats: int,
+    differentiate: Callable[[Callable[..., Any]], Callable[..., Any]] = jax.value_and_grad,
+    float64: bool = True,
+    memory: Callable[[str], tuple[str, dict[str, Any]]] | None = None,
+    note_rootdiff: str = "",
+) -> list[Row]:
+    """Benchmark every implementation of one workload; one :class:`Row` each.
+
+    Args:
+      impls: ``name -> loss``; a value that is ``None`` (peer not installed) or a
+        string (why it cannot run) gives a SKIPPED row. Names starting with
+        ``rootdiff`` are rootdiff's rows; :func:`omitted_in_quick` names are skipped
+        in ``--quick``.
+      differentiate: turns a loss into the timed function (default
+        ``jax.value_and_grad``; e.g. ``vmap`` of it for batched workloads).
+      memory: ``impl -> (module, case)``; when given (full mode only), each
+        implementation's peak RSS is re-measured alone in a fresh process
+        (:func:`measure_in_subprocess`) and stored in ``Row.mem_mb``.
+      note_rootdiff: appended to the note of rootdiff's rows.
+    """
+    rows = []
+    for impl, loss in impls.items():
+        if loss is None or isinstance(loss, str):
+            rows.append(skipped(workload, impl, loss or "not installed"))
+            continue
+        if quick and omitted_in_quick(impl):
+            rows.append(skipped(workload, impl, "omitted in --quick"))
+            continue
+        mine = impl.startswith("rootdiff")
+        row = bench(
+            workload, impl, differentiate(loss), args, grad_ref, repeats=repeats,
+            rootdiff=mine, float64=float64,
+        )  # fmt: skip
+        if mine and note_rootdiff:
+            row.note = (row.note + " " + note_rootdiff).strip()
+        if memory is not None and not quick and row.run_ms is not None:
+            add_peak_memory(row, *memory(impl))
+        rows.append(row)
+    return rows
+
+
+def add_peak_memory(row: Row, module: str, case: dict[str, Any]) -> None:
+    """Fill ``row.mem_mb`` from a fresh-process measurement (or note the failure)."""
+    rep = measure_in_subprocess(module, case)
+    if "error" in rep:
+        row.note = (row.note + f" (memory run failed: {rep['error']})").strip()
+    else:
+        row.mem_mb = rep["peak_mb"] - rep["base_mb"]
 
 
 def reset_peak_rss() -> bool:
@@ -186,18 +258,17 @@ def measure_in_subprocess(module: str, case: dict[str, Any], timeout: float = 60
     return {"error": tail[0][:160]}
 
 
-def memcase_reply(payload: dict[str, Any]) -> None:
-    """Print the line that :func:`measure_in_subprocess` parses."""
-    print("MEMCASE " + json.dumps(payload), flush=True)
+def memcase_measure(fn: Callable[..., Any], args: tuple) -> None:
+    """Child-process side of :func:`measure_in_subprocess`: compile and run ``fn``
+    once on ``args`` (already built), and print the peak RSS it added.
 
-
-def xla_temp_mb(fn: Callable[..., Any], args: tuple) -> float | None:
-    """XLA's planned temporary buffer size of ``jit(fn)`` (MiB), if reported."""
-    try:
-        stats = jax.jit(fn).lower(*args).compile().memory_analysis()
-        return stats.temp_size_in_bytes / 2**20
-    except Exception:  # noqa: BLE001
-        return None
+    The kernel's peak counter is reset first, so the data build does not mask the
+    implementation's own peak.
+    """
+    reset_peak_rss()
+    base = current_rss_mb()
+    jax.block_until_ready(jax.jit(fn).lower(*args).compile()(*args))
+    print("MEMCASE " + json.dumps({"base_mb": base, "peak_mb": peak_rss_mb()}), flush=True)
 
 
 # --------------------------------------------------------------------------- table

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, omitted_in_quick, skipped
+from benchmarks._common import Row, bench_all
 
 jax.config.update("jax_enable_x64", True)
 
@@ -104,26 +104,10 @@ def run(quick: bool = False) -> list[Row]:
     Q, c, A, b, t = make_problem(n, p)
     g_ref = reference_grad(Q, c, A, b, t)
     args = tuple(map(jnp.asarray, (Q, c, A, b, t)))
-    rows = []
-    for impl, loss in implementations().items():
-        if isinstance(loss, str):
-            rows.append(skipped(name, impl, loss))
-            continue
-        if quick and omitted_in_quick(impl):
-            rows.append(skipped(name, impl, "omitted in --quick"))
-            continue
-        rows.append(
-            bench(
-                name,
-                impl,
-                jax.value_and_grad(loss, argnums=(0, 1, 2, 3)),
-                args,
-                g_ref,
-                repeats=5 if quick else 9,
-                rootdiff=impl.startswith("rootdiff"),
-            )  # fmt: skip
-        )
-    return rows
+    return bench_all(
+        name, implementations(), args, g_ref, quick=quick, repeats=5 if quick else 9,
+        differentiate=lambda loss: jax.value_and_grad(loss, argnums=(0, 1, 2, 3)),
+    )  # fmt: skip
 
 
 WORKLOADS = {"eq_qp": run}

@@ -25,18 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import (
-    Row,
-    bench,
-    current_rss_mb,
-    measure_in_subprocess,
-    memcase_reply,
-    omitted_in_quick,
-    peak_rss_mb,
-    reset_peak_rss,
-    skipped,
-    time_jitted,
-)
+from benchmarks._common import Row, bench_all, measure_in_subprocess, memcase_measure
 
 jax.config.update("jax_enable_x64", True)
 
@@ -133,40 +122,23 @@ def _args(n, batch):
 
 def memcase(case: dict) -> None:
     """Child-process entry: compile and run one implementation, report peak RSS."""
-    args = _args(case["n"], case["batch"])
     loss = implementations()[case["impl"]]
-    reset_peak_rss()
-    base = current_rss_mb()
-    time_jitted(jax.value_and_grad(loss), args, repeats=1)
-    memcase_reply({"base_mb": base, "peak_mb": peak_rss_mb()})
+    memcase_measure(jax.value_and_grad(loss), _args(case["n"], case["batch"]))
 
 
 def run(quick: bool = False, memory: bool = True) -> list[Row]:
     rows = []
     sizes = [(400, 8)] if quick else [(4000, 8), (6000, 8)]
     for n, batch in sizes:
-        name = f"DEQ fixed point n={n} B={batch}"
         W, U, b, X, Y = make_problem(n, batch)
         g_ref = reference_grad(W, U, b, X, Y)
-        args = _args(n, batch)
-        for impl, loss in implementations().items():
-            if loss is None:
-                rows.append(skipped(name, impl, "not installed"))
-                continue
-            if quick and omitted_in_quick(impl):
-                rows.append(skipped(name, impl, "omitted in --quick"))
-                continue
-            row = bench(
-                name, impl, jax.value_and_grad(loss), args, g_ref,
-                rootdiff=impl.startswith("rootdiff"),
-            )  # fmt: skip
-            if memory and not quick and row.run_ms is not None:
-                rep = measure_in_subprocess("fixed_point", {"n": n, "batch": batch, "impl": impl})
-                if "error" in rep:
-                    row.note += f" (memory run failed: {rep['error']})"
-                else:
-                    row.mem_mb = rep["peak_mb"] - rep["base_mb"]
-            rows.append(row)
+        rows += bench_all(
+            f"DEQ fixed point n={n} B={batch}", implementations(), _args(n, batch), g_ref,
+            quick=quick, repeats=5,
+            memory=(lambda impl: ("fixed_point", {"n": n, "batch": batch, "impl": impl}))
+            if memory
+            else None,
+        )  # fmt: skip
     return rows
 
 

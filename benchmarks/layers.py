@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, omitted_in_quick, skipped
+from benchmarks._common import Row, bench_all
 
 jax.config.update("jax_enable_x64", True)
 
@@ -170,7 +170,8 @@ def run_sparsemax(quick: bool = False) -> list[Row]:
     except ImportError:
         impls["jaxopt Bisection"] = "not installed"
     impls["sort-based sparsemax + autodiff"] = lambda x, w: jnp.sum(w * sparsemax_sort(x))
-    return _bench_all(name, impls, args, g_ref, quick, float64=False)
+    repeats = 5 if quick else 9
+    return bench_all(name, impls, args, g_ref, quick=quick, repeats=repeats, float64=False)
 
 
 def run_lml(quick: bool = False, k: int = 10) -> list[Row]:
@@ -195,31 +196,7 @@ def run_lml(quick: bool = False, k: int = 10) -> list[Row]:
     impls["closed-form backward (custom_vjp, 60 bisection steps)"] = lambda x, w: jnp.sum(
         w * closed(x)
     )
-    return _bench_all(name, impls, args, g_ref, quick, float64=True)
-
-
-def _bench_all(name, impls, args, g_ref, quick, float64):
-    out = []
-    for impl, loss in impls.items():
-        if isinstance(loss, str):
-            out.append(skipped(name, impl, loss))
-            continue
-        if quick and omitted_in_quick(impl):
-            out.append(skipped(name, impl, "omitted in --quick"))
-            continue
-        out.append(
-            bench(
-                name,
-                impl,
-                jax.value_and_grad(loss),
-                args,
-                g_ref,
-                repeats=5 if quick else 9,
-                rootdiff=impl.startswith("rootdiff"),
-                float64=float64,
-            )  # fmt: skip
-        )
-    return out
+    return bench_all(name, impls, args, g_ref, quick=quick, repeats=5 if quick else 9)
 
 
 WORKLOADS = {"sparsemax": run_sparsemax, "lml": run_lml}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import Row, bench, omitted_in_quick, skipped
+from benchmarks._common import Row, bench_all
 
 jax.config.update("jax_enable_x64", True)
 
@@ -191,29 +191,16 @@ def implementations(p: int) -> dict:
 
 def _run_batch(name, data, quick):
     p = data[2].shape[1]
-    rows = []
     try:
         g_ref, worst_fd, n_bad = reference_batch(data)
         ref_note = f"ref FD-check {worst_fd:.0e}" + (f", {n_bad} degenerate" if n_bad else "")
     except ImportError:
         g_ref, ref_note = None, "no reference (qpax missing)"
-    args = tuple(map(jnp.asarray, data))
-    for impl, loss in implementations(p).items():
-        if isinstance(loss, str):
-            rows.append(skipped(name, impl, loss))
-            continue
-        if quick and omitted_in_quick(impl):
-            rows.append(skipped(name, impl, "omitted in --quick"))
-            continue
-        fn = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
-        row = bench(
-            name, impl, fn, args, g_ref, repeats=5 if quick else 9,
-            rootdiff=impl.startswith("rootdiff"),
-        )  # fmt: skip
-        if impl.startswith("rootdiff"):
-            row.note = (row.note + " " + ref_note).strip()
-        rows.append(row)
-    return rows
+    return bench_all(
+        name, implementations(p), tuple(map(jnp.asarray, data)), g_ref, quick=quick,
+        repeats=5 if quick else 9, note_rootdiff=ref_note,
+        differentiate=lambda loss: jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))),
+    )  # fmt: skip
 
 
 def run_nnls(quick: bool = False) -> list[Row]:

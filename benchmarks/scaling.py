@@ -21,17 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import (
-    HERE,
-    Row,
-    bench,
-    current_rss_mb,
-    measure_in_subprocess,
-    memcase_reply,
-    peak_rss_mb,
-    reset_peak_rss,
-    time_jitted,
-)
+from benchmarks._common import HERE, Row, bench_all, memcase_measure
 
 jax.config.update("jax_enable_x64", True)
 
@@ -82,10 +72,7 @@ def memcase(case: dict) -> None:
     x, y = make_problem(case["n"])
     args = (jnp.asarray(x), jnp.asarray(RHO), jnp.asarray(y))
     loss = implementations(case["K"])[case["impl"]]
-    reset_peak_rss()
-    base = current_rss_mb()
-    time_jitted(jax.value_and_grad(loss, argnums=(0, 1)), args, repeats=1)
-    memcase_reply({"base_mb": base, "peak_mb": peak_rss_mb()})
+    memcase_measure(jax.value_and_grad(loss, argnums=(0, 1)), args)
 
 
 def run(quick: bool = False, plot: bool | None = None) -> list[Row]:
@@ -96,19 +83,11 @@ def run(quick: bool = False, plot: bool | None = None) -> list[Row]:
     args = (jnp.asarray(x), jnp.asarray(RHO), jnp.asarray(y))
     rows = []
     for K in Ks:
-        for impl, loss in implementations(K).items():
-            name = f"scaling n={n} K={K}"
-            row = bench(
-                name, impl, jax.value_and_grad(loss, argnums=(0, 1)), args,
-                g_ref, rootdiff=impl.startswith("rootdiff"),
-            )  # fmt: skip
-            if not quick and row.run_ms is not None:
-                rep = measure_in_subprocess("scaling", {"n": n, "K": K, "impl": impl})
-                if "error" not in rep:
-                    row.mem_mb = rep["peak_mb"] - rep["base_mb"]
-                else:
-                    row.note += f" (memory run failed: {rep['error']})"
-            rows.append(row)
+        rows += bench_all(
+            f"scaling n={n} K={K}", implementations(K), args, g_ref, quick=quick, repeats=5,
+            differentiate=lambda loss: jax.value_and_grad(loss, argnums=(0, 1)),
+            memory=lambda impl, K=K: ("scaling", {"n": n, "K": K, "impl": impl}),
+        )  # fmt: skip
     if plot if plot is not None else not quick:
         save_plot(rows, n)
     return rows

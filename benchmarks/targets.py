@@ -1,7 +1,7 @@
 """Check issue 5's performance targets against a ``run.py --json`` file.
 
 Usage: ``python benchmarks/targets.py benchmarks/results_full.json`` prints a
-Markdown list: each target, the measured ratio(s), met / not met.
+Markdown table: each target, the measured ratio(s), met / not met.
 """
 
 from __future__ import annotations
@@ -43,39 +43,43 @@ TARGETS = [
 ]
 
 
+def _row(target: str, measured: str, ok: bool) -> str:
+    return f"| {target} | {measured} | {'met' if ok else '**not met**'} |"
+
+
 def report(rows) -> str:
-    out = []
+    """A Markdown table: target, measured value(s), met / not met."""
+    out = ["| target | measured | status |", "|---|---|---|"]
     for wl, ours, theirs, bound in TARGETS:
+        a, b = _find(rows, wl, ours), _find(rows, wl, theirs)
         r = _ratio(rows, wl, ours, theirs)
+        target = f"{wl}: {ours} ≤ {bound}× {theirs}"
         if r is None:
-            out.append(f"- {wl}: {ours} / {theirs} ≤ {bound}: **not measured**")
+            out.append(f"| {target} | not measured | **not met** |")
             continue
-        ok = "met" if r <= bound else "**not met**"
-        out.append(f"- {wl}: {ours} / {theirs} = {r:.2f} (target ≤ {bound}): {ok}")
+        measured = f"{r:.2f}× ({a['run_ms']:.3g} vs {b['run_ms']:.3g} ms)"
+        out.append(_row(target, measured, r <= bound))
     # memory: rootdiff peak RSS ≤ unrolled's on the DEQ workloads
     for wl in sorted({r["workload"] for r in rows if r["workload"].startswith("DEQ")}):
         a, b = _find(rows, wl, "rootdiff"), _find(rows, wl, "unrolled")
         if a and b and a["mem_mb"] is not None and b["mem_mb"] is not None:
-            ok = "met" if a["mem_mb"] <= b["mem_mb"] else "**not met**"
-            out.append(
-                f"- {wl}: peak RSS Δ rootdiff {a['mem_mb']:.0f} MiB vs unrolled "
-                f"{b['mem_mb']:.0f} MiB: {ok}"
-            )
+            measured = f"{a['mem_mb']:.0f} vs {b['mem_mb']:.0f} MiB"
+            out.append(_row(f"{wl}: peak RSS ≤ unrolled's", measured, a["mem_mb"] <= b["mem_mb"]))
     # compile time ≤ jaxopt's (fastest-compiling jaxopt row) on every workload
     for wl in dict.fromkeys(r["workload"] for r in rows):
         mine = _find(rows, wl, "rootdiff")
         jx = [r for r in rows if r["workload"] == wl and r["impl"].startswith("jaxopt")]
         jx = [r["compile_s"] for r in jx if r["compile_s"] is not None]
         if mine and mine["compile_s"] is not None and jx:
-            ok = "met" if mine["compile_s"] <= min(jx) else "**not met**"
-            out.append(f"- {wl}: compile {mine['compile_s']:.2f} s vs jaxopt {min(jx):.2f} s: {ok}")
+            measured = f"{mine['compile_s']:.2f} vs {min(jx):.2f} s"
+            out.append(_row(f"{wl}: compile ≤ jaxopt's", measured, mine["compile_s"] <= min(jx)))
     # accuracy: every rootdiff float64 gradient ≤ 1e-8
     for r in rows:
         if r["is_rootdiff"] and r["float64"] and r["grad_err"] is not None:
             if r["workload"].endswith("K=10"):
                 continue  # the scaling study's deliberately unconverged K = 10
-            ok = "met" if r["grad_err"] <= 1e-8 else "**not met**"
-            out.append(f"- {r['workload']} / {r['impl']}: grad error {r['grad_err']:.1e}: {ok}")
+            target = f"{r['workload']} / {r['impl']}: grad error ≤ 1e-8"
+            out.append(_row(target, f"{r['grad_err']:.1e}", r["grad_err"] <= 1e-8))
     return "\n".join(out)
 
 
