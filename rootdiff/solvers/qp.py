@@ -573,7 +573,7 @@ def solve_qp(
             sol_k, res_k.s, data, (Q, q, A, b, G, h), float(smoothing), diff_solve
         )
         # Value of the exact solution, derivative of the central-path point.
-        x, y, z = (v + (v_k - sg(v_k)) for v, v_k in ((x, x_k), (y, y_k), (z, z_k)))
+        x, y, z = (sg(v) + (v_k - sg(v_k)) for v, v_k in ((x, x_k), (y, y_k), (z, z_k)))
 
     if not return_info:
         return x

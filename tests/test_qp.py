@@ -1,0 +1,370 @@
+"""solve_qp against scipy, closed forms, the active-set KKT solve and finite differences.
+
+The derivative reference is independent of rootdiff: once the active set of a
+non-degenerate QP is known, its solution is that of an equality-constrained QP
+(active inequalities as equalities) — a dense KKT solve that plain JAX autodiff
+differentiates in every mode.
+"""
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rootdiff
+from rootdiff import QPStatus
+
+N, P, M = 4, 1, 6
+
+
+def _empty(n):
+    return jnp.zeros((0, n)), jnp.zeros(0)
+
+
+def _problem(seed=0, n=N, p=P, m=M, dtype=np.float64):
+    """Random strictly convex QP with a feasible point x0 and some active constraints."""
+    rng = np.random.default_rng(seed)
+    F = rng.normal(size=(n, n))
+    Q = F @ F.T + 0.5 * np.eye(n)
+    q = 3 * rng.normal(size=n)
+    A = rng.normal(size=(p, n))
+    x0 = rng.normal(size=n)
+    b = A @ x0
+    G = rng.normal(size=(m, n))
+    h = G @ x0 + rng.uniform(0.1, 1.0, size=m)
+    return tuple(jnp.asarray(v, dtype) for v in (Q, q, A, b, G, h))
+
+
+def active_set_qp(active):
+    """Reference solver given the active set: an equality-constrained QP, dense KKT."""
+
+    def solve(Q, q, A, b, G, h):
+        Aa = jnp.concatenate([A, G[active]])
+        ba = jnp.concatenate([b, h[active]])
+        n, p = q.shape[0], ba.shape[0]
+        K = jnp.block([[0.5 * (Q + Q.T), Aa.T], [Aa, jnp.zeros((p, p), Q.dtype)]])
+        return jnp.linalg.solve(K, jnp.concatenate([-q, ba]))[:n]
+
+    return solve
+
+
+def loss(solver):
+    return lambda *a: jnp.sum(jnp.sin(solver(*a))) + jnp.sum(solver(*a) ** 2)
+
+
+solve_info = jax.jit(lambda *a: rootdiff.solve_qp(*a, return_info=True))
+ARGNUMS = (0, 1, 2, 3, 4, 5)
+grad_ours = jax.jit(jax.grad(loss(rootdiff.solve_qp), argnums=ARGNUMS))
+loss_ours = jax.jit(loss(rootdiff.solve_qp))
+
+
+def all_modes(solver):
+    """grad, jvp, jacfwd, jacrev and hessian of ``solver`` in one compiled function."""
+
+    def f(Q, q, A, b, G, h):
+        sol = lambda q, h: solver(Q, q, A, b, G, h)
+        tangents = (jnp.ones_like(q), jnp.linspace(-1.0, 1.0, h.shape[0]))
+        return {
+            "jvp": jax.jvp(sol, (q, h), tangents)[1],
+            "jacfwd": jax.jacfwd(sol, argnums=(0, 1))(q, h),
+            "jacrev": jax.jacrev(sol, argnums=(0, 1))(q, h),
+            "hessian": jax.hessian(lambda q: loss(solver)(Q, q, A, b, G, h))(q),
+        }
+
+    return jax.jit(f)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    args = _problem(0)
+    x, info = solve_info(*args)
+    assert int(info.status) == QPStatus.SOLVED
+    active = np.asarray(info.z > info.s)
+    # Non-degenerate: multipliers and slacks well away from zero.
+    assert 0 < active.sum() < M
+    assert float(jnp.min(jnp.where(active, info.z, jnp.inf))) > 1e-3
+    assert float(jnp.min(jnp.where(active, jnp.inf, info.s))) > 1e-3
+    return args, active
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_nnls_matches_scipy_batched():
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(1)
+    Fs, gs = rng.normal(size=(8, 10, 5)), rng.normal(size=(8, 10))
+    Qs = jnp.asarray(np.einsum("bij,bik->bjk", Fs, Fs))
+    qs = jnp.asarray(-np.einsum("bij,bi->bj", Fs, gs))
+    A, b = _empty(5)
+    G, h = -jnp.eye(5), jnp.zeros(5)
+    xs = jax.jit(jax.vmap(rootdiff.solve_qp, in_axes=(0, 0, None, None, None, None)))(
+        Qs, qs, A, b, G, h
+    )
+    for i in range(8):
+        np.testing.assert_allclose(xs[i], optimize.nnls(Fs[i], gs[i])[0], atol=1e-8)
+
+
+def test_general_qp_matches_slsqp(problem):
+    optimize = pytest.importorskip("scipy.optimize")
+    (Q, q, A, b, G, h), _ = problem
+    Qn, qn, An, bn, Gn, hn = (np.asarray(v) for v in (Q, q, A, b, G, h))
+    res = optimize.minimize(
+        lambda x: 0.5 * x @ Qn @ x + qn @ x,
+        np.zeros(N),
+        jac=lambda x: Qn @ x + qn,
+        method="SLSQP",
+        constraints=[
+            {"type": "eq", "fun": lambda x: An @ x - bn, "jac": lambda x: An},
+            {"type": "ineq", "fun": lambda x: hn - Gn @ x, "jac": lambda x: -Gn},
+        ],
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    x, info = solve_info(Q, q, A, b, G, h)
+    np.testing.assert_allclose(x, res.x, atol=1e-6)
+    # KKT: stationarity, feasibility, dual feasibility.
+    assert float(info.dual_residual) < 1e-9
+    assert float(info.primal_residual) < 1e-9
+    assert bool(jnp.all(info.z >= 0))
+
+
+def test_lp_matches_linprog():
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(2)
+    n, m = 3, 7
+    G = rng.normal(size=(m, n))
+    h = G @ rng.normal(size=n) + 1.0
+    q = -G.T @ rng.uniform(0.1, 1.0, size=m)  # bounded: -q in the cone of G's rows
+    res = optimize.linprog(q, A_ub=G, b_ub=h, bounds=[(None, None)] * n, method="highs")
+    A, b = _empty(n)
+    x, info = rootdiff.solve_qp(jnp.zeros((n, n)), q, A, b, G, h, return_info=True)
+    assert int(info.status) == QPStatus.SOLVED
+    np.testing.assert_allclose(float(q @ x), res.fun, rtol=1e-8)
+
+
+def test_closed_form_projection_and_empty_conventions():
+    # Projection of c onto the half-space x1 + x2 <= 1: x = c - (sum c - 1)/2.
+    c = jnp.array([1.0, 2.0])
+    A, b = _empty(2)
+    G, h = jnp.ones((1, 2)), jnp.ones(1)
+    x = rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h)
+    np.testing.assert_allclose(x, c - 1.0, atol=1e-9)
+    dx_dh = jax.jacobian(lambda h: rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h))(h)
+    np.testing.assert_allclose(dx_dh[:, 0], [0.5, 0.5], atol=1e-9)
+    # No inequalities at all: the equality-constrained solve.
+    Gn, hn = _empty(2)
+    x, info = rootdiff.solve_qp(jnp.eye(2), -c, jnp.ones((1, 2)), jnp.ones(1), Gn, hn,
+                                return_info=True)  # fmt: skip
+    np.testing.assert_allclose(x, [0.0, 1.0], atol=1e-12)
+    assert info.z.shape == (0,) and int(info.status) == QPStatus.SOLVED
+
+
+# --------------------------------------------------------------------------- derivatives
+
+
+def test_grad_all_six_inputs_matches_active_set_reference(problem):
+    args, active = problem
+    ref = jax.grad(loss(active_set_qp(active)), argnums=ARGNUMS)(*args)
+    for name, g, r in zip("Q q A b G h".split(), grad_ours(*args), ref):
+        np.testing.assert_allclose(g, r, rtol=1e-7, atol=1e-8, err_msg=name)
+
+
+def test_finite_differences_all_six_inputs(problem):
+    """Central differences along random directions, one per input (float64)."""
+    args, _ = problem
+    grads = grad_ours(*args)
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for j, name in enumerate("Q q A b G h".split()):
+        v = jnp.asarray(rng.normal(size=args[j].shape))
+        plus = [a + eps * v if i == j else a for i, a in enumerate(args)]
+        minus = [a - eps * v if i == j else a for i, a in enumerate(args)]
+        fd = (loss_ours(*plus) - loss_ours(*minus)) / (2 * eps)
+        assert float(jnp.vdot(grads[j], v)) == pytest.approx(float(fd), rel=1e-6, abs=1e-8), name
+
+
+def test_jvp_jacfwd_jacrev_hessian(problem):
+    args, active = problem
+    ours = all_modes(rootdiff.solve_qp)(*args)
+    ref = all_modes(active_set_qp(active))(*args)
+    for mode in ours:
+        for a, r in zip(jax.tree.leaves(ours[mode]), jax.tree.leaves(ref[mode])):
+            np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-8, err_msg=mode)
+
+
+def test_duals_are_differentiable(problem):
+    (Q, q, A, b, G, h), active = problem
+    dz = jax.jacobian(lambda h: rootdiff.solve_qp(Q, q, A, b, G, h, return_info=True)[1].z)(h)
+    # Inactive multipliers stay at zero to first order.
+    np.testing.assert_allclose(dz[~active], 0.0, atol=1e-8)
+    assert bool(jnp.all(jnp.isfinite(dz)))
+
+
+def test_vmap_batch_matches_loop():
+    batch = [_problem(s) for s in range(3, 7)]
+    stacked = [jnp.stack(v) for v in zip(*batch)]
+    xs = jax.jit(jax.vmap(rootdiff.solve_qp))(*stacked)
+    gs = jax.jit(jax.vmap(grad_ours))(*stacked)
+    for i, args in enumerate(batch):
+        np.testing.assert_allclose(xs[i], solve_info(*args)[0], rtol=1e-10, atol=1e-12)
+        for g, r in zip(gs, grad_ours(*args)):
+            np.testing.assert_allclose(g[i], r, rtol=1e-8, atol=1e-10)
+
+
+def test_generic_diff_solve_agrees_with_structured(problem):
+    args, _ = problem
+    g_lu = jax.grad(loss(lambda *a: rootdiff.solve_qp(*a, diff_solve="lu")), argnums=ARGNUMS)(*args)
+    for g, r in zip(g_lu, grad_ours(*args)):
+        np.testing.assert_allclose(g, r, rtol=1e-8, atol=1e-10)
+
+
+def test_float32(float32):
+    args = _problem(0, dtype=np.float32)
+
+    @jax.jit
+    def run(*args):
+        x, info = rootdiff.solve_qp(*args, return_info=True)
+        return x, info, jax.grad(loss(rootdiff.solve_qp), argnums=1)(*args)
+
+    x, info, g = run(*args)
+    assert x.dtype == jnp.float32 and int(info.status) == QPStatus.SOLVED
+    active = np.asarray(info.z > info.s)
+    r = jax.grad(loss(active_set_qp(active)), argnums=1)(*args)
+    np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- status and edge cases
+
+
+def test_primal_infeasible_status():
+    # x1 + x2 = 1, x >= 0, x1 + x2 <= 0.5.
+    G = jnp.array([[-1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])
+    h = jnp.array([0.0, 0.0, 0.5])
+    x, info = rootdiff.solve_qp(
+        jnp.eye(2), jnp.ones(2), jnp.ones((1, 2)), jnp.ones(1), G, h, return_info=True, check="off"
+    )
+    assert int(info.status) == QPStatus.PRIMAL_INFEASIBLE
+    assert not bool(info.converged)
+
+
+def test_dual_infeasible_status():
+    # min -x2 + ½x1² s.t. x >= 0 is unbounded along x2.
+    A, b = _empty(2)
+    Q = jnp.array([[1.0, 0.0], [0.0, 0.0]])
+    x, info = rootdiff.solve_qp(Q, jnp.array([0.0, -1.0]), A, b, -jnp.eye(2), jnp.zeros(2),
+                                return_info=True, check="off")  # fmt: skip
+    assert int(info.status) == QPStatus.DUAL_INFEASIBLE
+
+
+def test_failure_checks_warn_raise_nan():
+    A, b = _empty(1)
+    args = (jnp.zeros((1, 1)), -jnp.ones(1), A, b, -jnp.eye(1), jnp.zeros(1))  # unbounded
+    with pytest.warns(rootdiff.ConvergenceWarning, match="solve_qp"):
+        rootdiff.solve_qp(*args)
+    with pytest.raises(Exception, match="solve_qp"):
+        jax.block_until_ready(rootdiff.solve_qp(*args, check="raise"))
+    x = rootdiff.solve_qp(*args, check="nan")
+    assert bool(jnp.all(jnp.isnan(x)))
+    # A solved problem in the same batch is untouched by "nan".
+    ok = (jnp.eye(1), -jnp.ones(1), A, b, -jnp.eye(1), jnp.zeros(1))
+    batch = [jnp.stack([u, v]) for u, v in zip(args, ok)]
+    xs = jax.vmap(lambda *a: rootdiff.solve_qp(*a, check="nan"))(*batch)
+    assert bool(jnp.isnan(xs[0, 0])) and abs(float(xs[1, 0]) - 1.0) < 1e-8
+
+
+def test_maxiter_reports_not_converged():
+    args = _problem(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rootdiff.ConvergenceWarning)
+        _, info = rootdiff.solve_qp(*args, maxiter=2, return_info=True)
+    assert int(info.status) in (QPStatus.MAX_ITERATIONS, QPStatus.INACCURATE)
+    assert int(info.iterations) == 2 and not bool(info.converged)
+
+
+def test_degenerate_constraint_gives_finite_one_sided_derivative():
+    # min ½x² s.t. x <= h: x = min(h, 0), kink at h = 0 where z = 0 and x = h.
+    A, b = _empty(1)
+    f = jax.jit(
+        jax.grad(lambda h: rootdiff.solve_qp(jnp.eye(1), jnp.zeros(1), A, b, jnp.eye(1), h)[0])
+    )
+    g0 = float(f(jnp.zeros(1))[0])
+    assert np.isfinite(g0) and g0 in (0.0, 1.0)  # one of the one-sided derivatives
+    assert float(f(jnp.array([-0.5]))[0]) == pytest.approx(1.0)
+    assert float(f(jnp.array([0.5]))[0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_smoothed_derivative_option():
+    # Projection onto x1 + x2 <= 1 with a log barrier κ: dx/dh = w/(1 + 2w), w = z/s.
+    c, kappa = jnp.array([1.0, 2.0]), 1e-2
+    A, b = _empty(2)
+    G, h = jnp.ones((1, 2)), jnp.ones(1)
+    f = lambda h: rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h, smoothing=kappa)
+    exact = lambda h: rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h)
+    x, jac, jac_exact = jax.jit(lambda h: (f(h), jax.jacobian(f)(h), jax.jacobian(exact)(h)))(h)
+    np.testing.assert_allclose(x, c - 1.0, atol=1e-9)  # the value stays exact
+    # Central path: x = c - z·1, s = h - 1ᵀx = 2z - 2 and s z = κ, so 2z² - 2z - κ = 0.
+    z = (2 + np.sqrt(4 + 8 * kappa)) / 4
+    w = z / (kappa / z)
+    np.testing.assert_allclose(jac[:, 0], w / (1 + 2 * w), rtol=1e-8)
+    np.testing.assert_allclose(jac_exact[:, 0], 0.5, rtol=1e-9)
+    assert not np.allclose(jac, jac_exact, atol=1e-4)  # the smoothing is visible
+
+
+def test_shape_errors():
+    Q, q, A, b, G, h = _problem()
+    with pytest.raises(ValueError, match="G has shape"):
+        rootdiff.solve_qp(Q, q, A, b, G[:, :2], h)
+
+
+def test_qpax_documented_difference(problem):
+    """qpax agrees on x; its default gradients are those of a smoothed problem."""
+    qpax = pytest.importorskip("qpax")
+    args, active = problem
+    np.testing.assert_allclose(qpax.solve_qp_primal(*args), rootdiff.solve_qp(*args), atol=1e-4)
+    ref = jax.grad(loss(active_set_qp(active)), argnums=1)(*args)
+    g_qpax = jax.grad(loss(qpax.solve_qp_primal), argnums=1)(*args)
+    g_ours = grad_ours(*args)[1]
+    assert float(jnp.max(jnp.abs(g_ours - ref))) < 1e-7
+    assert float(jnp.max(jnp.abs(g_qpax - ref))) > 1e-5  # qpax: target_kappa=1e-3 smoothing
+
+
+SHARDED = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import rootdiff
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(0)
+    B, n, m = 16, 3, 4
+    F = rng.normal(size=(B, n, n))
+    Q = F @ F.transpose(0, 2, 1) + np.eye(n)
+    data = [Q, rng.normal(size=(B, n)), np.zeros((B, 0, n)), np.zeros((B, 0)),
+            rng.normal(size=(B, m, n)), rng.uniform(0.1, 1, size=(B, m))]
+    loss = lambda *a: jnp.sum(rootdiff.solve_qp(*a) ** 2)
+    f = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 4, 5))))
+    one = f(*[jnp.asarray(d) for d in data])
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    sharded = [jax.device_put(d, NamedSharding(mesh, P("batch"))) for d in data]
+    many = f(*sharded)
+    assert len(many[0].sharding.device_set) == 8
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+    print("OK")
+    """
+)
+
+
+def test_sharded_batch_over_8_host_devices():
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
