@@ -324,14 +324,7 @@ def ridge_solver_with(solve):
 XR = jnp.asarray(rng.normal(size=(12, 4)))
 YR = jnp.asarray(rng.normal(size=12))
 SOLVES = [
-    "auto",
-    "cg",
-    "gmres",
-    "bicgstab",
-    "normal_cg",
-    "lu",
-    "cholesky",
-    "lstsq",
+    *sorted(rootdiff.linear_solve.SOLVERS),
     functools.partial(rootdiff.linear_solve.cg, tol=1e-13, maxiter=100),
     lambda matvec, b: jax.scipy.sparse.linalg.gmres(matvec, b, tol=1e-13)[0],
 ]
