@@ -106,8 +106,9 @@ def test_nnls_matches_scipy_batched():
     xs = jax.jit(jax.vmap(rootdiff.solve_qp, in_axes=(0, 0, None, None, None, None)))(
         Qs, qs, A, b, G, h
     )
+    # The interior point stops at tol=1e-8; polishing on the active set makes x exact.
     for i in range(8):
-        np.testing.assert_allclose(xs[i], optimize.nnls(Fs[i], gs[i])[0], atol=1e-8)
+        np.testing.assert_allclose(xs[i], optimize.nnls(Fs[i], gs[i])[0], atol=1e-12)
 
 
 def test_general_qp_matches_slsqp(problem):

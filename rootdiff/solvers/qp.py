@@ -209,7 +209,9 @@ def _max_step(v, dv):
 
 
 def _default_tol(dtype) -> float:
-    return 1e-10 if dtype == jnp.float64 else 1e-5
+    # 1e-8 suffices in float64: it identifies the active set, and the polishing step
+    # (:func:`_polish`) then makes the solution exact to rounding.
+    return 1e-8 if dtype == jnp.float64 else 1e-5
 
 
 def _regularisation(dtype) -> float:
@@ -488,13 +490,19 @@ def solve_qp(
     (stalled at the limit of rounding); or after ``maxiter`` iterations. The
     iterate of smallest merit is returned.
 
+    **Polishing.** On the active set ``{i : z_i > s_i}`` the KKT conditions are
+    linear, so one Newton step on them (reusing the derivative's factorisation)
+    solves the QP to rounding; the step is kept where it stays optimal (active
+    multipliers ≥ 0, inactive constraints satisfied), else the interior point's
+    answer is returned.
+
     **Derivatives** (w.r.t. all six inputs, every autodiff mode) are those of the
     exact solution map: :func:`rootdiff.custom_root` on the KKT conditions of the
     active set ``{i : z_i > s_i}`` identified at the solution
     (:func:`qp_kkt_residual`). They do not depend on how far the interior point
     drove ``s ⊙ z`` to zero, only on the accuracy of ``(x, y, z)`` and on the
     active set being identified; they match finite differences wherever the active
-    set is non-degenerate (about 1e-8 relative in float64 at the default ``tol``).
+    set is non-degenerate (to rounding after polishing).
     The derivative system is solved by eliminating ``z`` into the IPM's reduced
     ``(n + p)``-square system (``diff_solve=None``); or pass a
     :mod:`rootdiff.linear_solve` name (``"lu"``, ``"lstsq"``, ...) to solve the
@@ -524,7 +532,8 @@ def solve_qp(
       q: ``(n,)``.
       A: ``(p, n)``, ``b``: ``(p,)`` — equality constraints (``p`` may be 0).
       G: ``(m, n)``, ``h``: ``(m,)`` — inequality constraints (``m`` may be 0).
-      tol: relative tolerance; default ``1e-10`` in float64, ``1e-5`` in float32.
+      tol: relative tolerance of the interior point; default ``1e-8`` in float64
+        (then polished to rounding, see above), ``1e-5`` in float32.
       maxiter: iteration limit of the interior-point method.
       smoothing: ``κ ≥ 0`` for smoothed derivatives (see above).
       return_info: also return a :class:`QPInfo` (duals, status, residuals).
@@ -562,8 +571,14 @@ def solve_qp(
     sg = jax.lax.stop_gradient
     data = sg((_sym(Q), q, A, b, G, h))
     res = _ipm(*data, tol=tol, maxiter=maxiter, smoothing=0.0)
-    sol = _guard((res.x, res.y, res.z), res, data, tol, check)
-    x, y, z = _differentiable(sol, res.s, data, (Q, q, A, b, G, h), 0.0, diff_solve)
+    active = res.z > res.s
+    kkt_solve = _structured_solve(data[0], data[2], data[4], jnp.where(active, jnp.inf, 0.0),
+                                  active, _regularisation(res.s.dtype))  # fmt: skip
+    sol = _polish((res.x, res.y, res.z), active, data, kkt_solve, tol)
+    sol = _guard(sol, res, data, tol, check)
+    x, y, z = _differentiable(
+        sol, res.s, data, (Q, q, A, b, G, h), 0.0, diff_solve, active=active, solve=kkt_solve
+    )
 
     if smoothing > 0:
         start = _Iterate(res.x, res.y, res.z, res.s)
@@ -580,17 +595,44 @@ def solve_qp(
     return x, _info(x, y, z, res, Q, q, A, b, G, h)
 
 
-def _differentiable(sol, s, data, inputs, smoothing, diff_solve):
+def _polish(sol, active, data, kkt_solve, tol):
+    """One Newton step on :func:`qp_kkt_residual` from the IPM's answer.
+
+    On a fixed active set the KKT conditions are *linear*, so one step solves the
+    equality-constrained QP of that set exactly (to rounding) — the interior point
+    leaves ``x`` accurate only to about ``tol``. The step reuses the factorisation
+    of the derivative solve. It is kept only where it stays optimal: finite,
+    active multipliers ``≥ 0`` and inactive constraints satisfied (to ``tol``);
+    otherwise (wrong active set, degenerate problems) the IPM's answer is returned.
+    """
+    Q, q, A, b, G, h = data
+    residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, active), sol)
+    step = kkt_solve(matvec, residual)
+    x, y, z = (v - d for v, d in zip(sol, step, strict=True))
+    scale_z = jnp.maximum(1.0, _inf_norm(sol[2]))
+    scale_h = jnp.maximum(1.0, _inf_norm(h))
+    ok = (
+        jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y)) & jnp.all(jnp.isfinite(z))
+        & (jnp.min(jnp.where(active, z, jnp.inf), initial=jnp.inf) >= -tol * scale_z)
+        & (jnp.max(jnp.where(active, -jnp.inf, G @ x - h), initial=-jnp.inf) <= tol * scale_h)
+        & (_inf_norm(A @ x - b) <= tol * jnp.maximum(1.0, _inf_norm(b)))
+    )  # fmt: skip
+    z = jnp.where(active, jnp.maximum(z, 0.0), 0.0)
+    return tuple(jnp.where(ok, new, old) for new, old in zip((x, y, z), sol, strict=True))
+
+
+def _differentiable(sol, s, data, inputs, smoothing, diff_solve, active=None, solve=None):
     """Attach the implicit derivative to ``sol = (x, y, z)`` via :func:`custom_root`.
 
     ``smoothing = 0``: the active-set residual :func:`qp_kkt_residual` with
-    ``active = z > s``; ``smoothing > 0``: :func:`qp_central_path_residual`.
+    ``active`` (default ``z > s``); ``smoothing > 0``: :func:`qp_central_path_residual`.
+    ``solve``: a prebuilt structured solve of the same system (reused factorisation).
     """
     x, y, z = sol
     Q, _, A, _, G, _ = data
     reg = _regularisation(s.dtype)
     if smoothing == 0:
-        active = z > s
+        active = z > s if active is None else active
         residual, extra = qp_kkt_residual, (active,)
         w = jnp.where(active, jnp.inf, 0.0)
     else:
@@ -598,7 +640,9 @@ def _differentiable(sol, s, data, inputs, smoothing, diff_solve):
         residual, extra = qp_central_path_residual, (float(smoothing),)
         w = z / s
     if diff_solve is None:
-        solve, symmetric = _structured_solve(Q, A, G, w, active, reg), True
+        if solve is None:
+            solve = _structured_solve(Q, A, G, w, active, reg)
+        symmetric = True
     else:
         solve, symmetric = diff_solve, False
         if smoothing > 0:
