@@ -123,13 +123,17 @@ def _accepts_info(solve: Callable[..., Any]) -> bool:
         return False
 
 
+def _resolve_solver(solve: Solve, symmetric: bool) -> Callable[..., Any]:
+    """The linear solver named or given by ``solve``; ``"auto"`` learns ``symmetric``."""
+    fn = _ls.get_solver(solve)
+    return functools.partial(_ls.auto, symmetric=symmetric) if fn is _ls.auto else fn
+
+
 def _make_linear_solve(
     solve: Solve, *, symmetric: bool, check: str
 ) -> Callable[[Callable[[PyTree], PyTree], PyTree], PyTree]:
     """A ``solve(matvec, b) -> x`` closure with the user's choice and checks."""
-    fn = _ls.get_solver(solve)
-    if fn is _ls.auto:
-        fn = functools.partial(_ls.auto, symmetric=symmetric)
+    fn = _resolve_solver(solve, symmetric)
     with_info = _accepts_info(fn)
 
     def linear_solve(matvec, b):
@@ -543,9 +547,7 @@ def root_jvp(
     _, rhs = jax.jvp(F_theta, (theta,), (theta_dot,))
     F_x = lambda x: optimality_fun(x, *args)  # noqa: E731
     F_sol, matvec = jax.linearize(F_x, sol)
-    fn = _ls.get_solver(solve)
-    if fn is _ls.auto:
-        fn = functools.partial(_ls.auto, symmetric=symmetric)
+    fn = _resolve_solver(solve, symmetric)
     if not return_info:
         return fn(matvec, _tree_neg(rhs))
     x, info = fn(matvec, _tree_neg(rhs), return_info=True)
@@ -583,9 +585,7 @@ def root_vjp(
             f"cotangent must have the structure and shapes of sol: sol is "
             f"{_describe(sol)}, cotangent is {_describe(cotangent)}"
         )
-    fn = _ls.get_solver(solve)
-    if fn is _ls.auto:
-        fn = functools.partial(_ls.auto, symmetric=symmetric)
+    fn = _resolve_solver(solve, symmetric)
     rmatvec = lambda u: F_vjp(u)[0]  # noqa: E731
     if return_info:
         u, info = fn(rmatvec, cotangent, return_info=True)
