@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
-from rootdiff.implicit import Solve, custom_fixed_point
+from rootdiff.implicit import Solve, _max_abs, custom_fixed_point
 
 __all__ = ["projected_gradient", "ProjectedGradientInfo"]
 
@@ -55,11 +55,6 @@ class ProjectedGradientInfo(NamedTuple):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _max_abs(tree: PyTree) -> jax.Array:
-    leaves = [jnp.max(jnp.abs(leaf), initial=0.0) for leaf in jax.tree.leaves(tree)]
-    return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
 
 
 def _all_finite(tree: PyTree) -> jax.Array:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from rootdiff import _checks
 from rootdiff.implicit import custom_root
-from rootdiff.solvers.eq_qp import solve_eq_qp
+from rootdiff.solvers.eq_qp import _sym, solve_eq_qp
 
 __all__ = [
     "solve_qp",
@@ -81,12 +81,6 @@ class QPInfo(NamedTuple):
     dual_residual: jax.Array
     gap: jax.Array
     status: jax.Array
-
-
-def _sym(Q):
-    # ½xᵀQx only sees the symmetric part of Q; using it everywhere keeps the IPM's
-    # Newton systems consistent with the objective and makes ∂/∂Q symmetric.
-    return 0.5 * (Q + Q.T)
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
