@@ -1,11 +1,18 @@
 """Every script in ``examples/`` runs to completion in its fast mode, so examples cannot rot.
 
-Each ``examples/*.py`` (found by glob, so new examples are covered automatically) is run
-in a fresh interpreter with ``ROOTDIFF_FAST=1`` (small sizes, few steps) and
-``ROOTDIFF_OUT`` pointing to a temporary directory for its pictures. An example checks
-its own derivatives and exits non-zero when a check fails; this test asserts exit code
-0 and no ``rootdiff.ConvergenceWarning`` on stderr, and shows the script's output
-otherwise.
+The convention for examples (new ones are picked up without editing this file):
+
+* every ``examples/*.py`` not starting with ``_`` is found by glob and run as a script
+  in a fresh interpreter, with the working directory a temporary folder;
+* it reads ``ROOTDIFF_FAST`` (set to ``1`` here: small sizes, few steps, a few seconds)
+  and writes any picture into ``$ROOTDIFF_OUT`` (a temporary folder here; default: the
+  current directory);
+* it checks its own claims (derivatives against finite differences or closed forms;
+  in full mode, a claimed win over its baseline) and exits non-zero when one fails;
+* it prints what it shows, and no ``rootdiff.ConvergenceWarning``.
+
+This module asserts exit code 0, some output, no traceback and no convergence warning,
+and shows the script's output otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ TIMEOUT_S = 300
 
 def test_examples_are_found():
     assert EXAMPLES, f"no examples found in {EXAMPLES_DIR}"
+
+
+def test_every_example_has_a_fast_mode():
+    """The suite runs examples with ROOTDIFF_FAST=1; one that ignores it runs at full size."""
+    missing = [p.name for p in EXAMPLES if "ROOTDIFF_FAST" not in p.read_text(encoding="utf-8")]
+    assert not missing, f"examples that do not read ROOTDIFF_FAST: {missing}"
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
