@@ -33,9 +33,12 @@ differentiated implicitly:
 
 Before training, the script checks the layers' derivatives against closed forms
 (LML: the paper's backward; sparsemax: ``diag(s) − s sᵀ/|S|``) and exits with a
-non-zero status if they disagree. It prints a table of the metrics and saves
-``layers.png`` (held-out metric against training step) into ``$ROOTDIFF_OUT``
-(default: the current directory).
+non-zero status if they disagree. It prints progress during training, a table of
+the metrics with (approximate, binomial) standard errors, and for each task whether
+the rootdiff layer beats its baseline by more than two standard errors; in full
+mode it exits non-zero if LML does not beat the sigmoids. It saves ``layers.png``
+(held-out metric against training step) into ``$ROOTDIFF_OUT`` (default: the
+current directory).
 
 ``ROOTDIFF_FAST=1`` uses less data and fewer steps (used by the test suite).
 """
