@@ -39,7 +39,7 @@ layer fits each segment's own recurrence from its own history ("postdiction") an
 extrapolates it. The script prints the training progress, the train/test loss
 comparison the post makes, and two baselines (repeat the last 10 steps; a linear
 autoregression fitted by least squares on all training segments), and says whether
-the network beats the better of them; in full mode it exits non-zero if it does not. It checks one
+the network beats the better of them; it exits non-zero if it does not. It checks one
 gradient of the end-to-end loss against central finite differences (float64) and exits
 non-zero if they disagree, and saves ``argmin_layer.png`` (losses and forecasts) into
 ``$ROOTDIFF_OUT`` (default: the current directory).
@@ -296,7 +296,7 @@ def main() -> int:
     if not ok:
         print("FAILED: gradient disagrees with finite differences", file=sys.stderr)
         return 1
-    if not FAST and not wins:  # the fast mode trains too briefly to judge
+    if not wins:
         print("FAILED: the argmin-layer network did not beat the baselines", file=sys.stderr)
         return 1
     return 0

@@ -35,10 +35,10 @@ Before training, the script checks the layers' derivatives against closed forms
 (LML: the paper's backward; sparsemax: ``diag(s) − s sᵀ/|S|``) and exits with a
 non-zero status if they disagree. It prints progress during training, a table of
 the metrics with (approximate, binomial) standard errors, and for each task whether
-the rootdiff layer beats its baseline by more than two standard errors; in full
-mode it exits non-zero if LML does not beat the sigmoids. It saves ``layers.png``
-(held-out metric against training step) into ``$ROOTDIFF_OUT`` (default: the
-current directory).
+the rootdiff layer beats its baseline by more than two standard errors; it exits
+non-zero if LML does not beat the sigmoids (in fast mode: if its precision@3 is not
+higher). It saves ``layers.png`` (held-out metric against training step) into
+``$ROOTDIFF_OUT`` (default: the current directory).
 
 ``ROOTDIFF_FAST=1`` uses less data and fewer steps (used by the test suite).
 """
@@ -299,7 +299,10 @@ def main() -> int:
     path = os.path.join(OUT, "layers.png")
     fig.savefig(path, dpi=100)
     print(f"saved {path}")
-    if not FAST and not verdicts[0]:  # the fast mode trains too briefly to judge
+    # The claim this example makes, checked: by more than two standard errors in full
+    # mode; the fast mode (fewer examples, fewer steps) only asks for a higher value.
+    lml_wins = verdicts[0] if not FAST else rows[1][3] > rows[0][3]
+    if not lml_wins:
         print("FAILED: LML did not beat independent sigmoids on the landmark task")
         return 1
     return 0
