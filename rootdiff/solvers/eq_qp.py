@@ -15,7 +15,7 @@ solve reuses the forward LU factorisation of ``K`` instead of factorising again.
 
 Singular ``K`` (a duplicated equality row, a singular ``Q`` with ``c`` in its range):
 what is factorised is the quasi-definite ``K_δ = [[Q + δI, Aᵀ], [A, −δI]]`` with
-``δ = 100·eps·max|K|``, and the forward solve is refined once against ``K`` itself
+``δ = 100·eps·max|K|``, and every solve is refined once against ``K`` itself
 (``v ← v + K_δ⁻¹(r − K v)``). For a nonsingular ``K`` this converges to ``K⁻¹r`` as
 fast as the refinement of a plain LU (the perturbation is at rounding level); for a
 singular but consistent system it returns a finite solution instead of ``inf``/NaN;
@@ -235,8 +235,11 @@ def _solve_dense(Q, c, A, b, *, check):
     ok, rel_residual = _kkt_ok((v[:n], v[n:]), res, c_, A_, b_)
 
     def kkt_solve(_matvec, r):
-        # The derivative's operator is K itself (symmetric: also the transpose solve).
-        v = lu_apply(jnp.concatenate(r))
+        # The derivative's operator is K itself (symmetric: also the transpose solve),
+        # refined once as the forward solve is (gradients to rounding level).
+        r = jnp.concatenate(r)
+        v = lu_apply(r)
+        v = v + lu_apply(r - K @ v)
         return _poison((v[:n], v[n:]), ok, check)
 
     # check="off" for the core: the KKT check below replaces its forward check.
