@@ -213,11 +213,19 @@ def _solve_dense(Q, c, A, b, *, check):
     # The factorisation is data for the black-box solver and for the derivative
     # solve; it is never differentiated (its tangents would be dropped anyway).
     Q_, A_, c_, b_ = jax.lax.stop_gradient((_sym(Q), A, c, b))
-    K = _kkt_matrix(Q_, A_)
-    delta = 100 * jnp.finfo(K.dtype).eps * _amax(K)
+    # A barrier: with Q and A closed over as constants, XLA would otherwise fold the
+    # reductions and products below on the host at compile time (seconds for n = 500).
+    Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
+    delta = 100 * jnp.finfo(Q_.dtype).eps * jnp.maximum(_amax(Q_), _amax(A_))
+    K_delta = _kkt_matrix(Q_, A_, delta)
+    signs = jnp.concatenate([jnp.ones(n, Q_.dtype), -jnp.ones(b.shape[0], Q_.dtype)])
+
+    def K_matvec(v):  # K v = K_δ v − δ·diag(I, −I) v: one matrix in memory
+        return K_delta @ v - delta * signs * v
+
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
-    lu, _, perm = jax.lax.linalg.lu(_kkt_matrix(Q_, A_, delta))
+    lu, _, perm = jax.lax.linalg.lu(K_delta)
     tri = partial(jax.lax.linalg.triangular_solve, left_side=True)
 
     def lu_apply(r):
@@ -229,7 +237,7 @@ def _solve_dense(Q, c, A, b, *, check):
     # refinement against K (removing the regularisation's O(δ‖K⁻¹‖) perturbation).
     rhs = jnp.concatenate([-c_, b_])
     v = lu_apply(rhs)
-    res = rhs - K @ v
+    res = rhs - K_matvec(v)
     sol = v + lu_apply(res)
     x0, y0 = sol[:n], sol[n:]
     ok, rel_residual = _kkt_ok((v[:n], v[n:]), res, c_, A_, b_)
@@ -239,7 +247,7 @@ def _solve_dense(Q, c, A, b, *, check):
         # refined once as the forward solve is (gradients to rounding level).
         r = jnp.concatenate(r)
         v = lu_apply(r)
-        v = v + lu_apply(r - K @ v)
+        v = v + lu_apply(r - K_matvec(v))
         return _poison((v[:n], v[n:]), ok, check)
 
     # check="off" for the core: the KKT check below replaces its forward check.
