@@ -97,13 +97,9 @@ def test_tol_and_maxiter():
     )
     assert not bool(info.converged) and bool(info.bracketed) and int(info.iterations) == 3
     assert float(info.lower) <= np.sqrt(2) <= float(info.upper)
-    with pytest.raises(Exception, match="maxiter=3"):
-        rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3, check="raise")
     assert np.isnan(rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3, check="nan"))
     g = jax.grad(lambda a: rootdiff.bisection(sqrt_f, 0.0, 2.0, a, maxiter=3, check="nan"))(2.0)
     assert np.isnan(g)
-    full, info = rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, return_info=True)
-    assert bool(info.converged) and int(info.iterations) <= 65
     # ftol: stop at the first midpoint with |f| ≤ ftol (1, then 1.5 with |f| = 0.25).
     assert float(rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, ftol=0.3)) == 1.5
 
@@ -347,14 +343,13 @@ def test_expansion_finds_a_root_outside_the_bracket():
         x, info = rootdiff.bisection(cube_f, lo, hi, a, expand=True, return_info=True)
         assert float(x) == pytest.approx(np.cbrt(a), rel=1e-15)
         assert int(info.expansions) >= 1 and bool(info.converged)
+        assert int(info.iterations) <= 65
     # decreasing f, root far below the bracket
     x = rootdiff.bisection(lambda x: -(x + 1e5), 0.0, 1.0, expand=True)
     assert float(x) == pytest.approx(-1e5, rel=1e-15)
     # the derivative is the implicit one, whatever the widening
     g = jax.grad(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=True))(16.0)
     assert float(g) == pytest.approx(1 / 8, rel=1e-12)
-    gf = jax.jacfwd(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=True))(16.0)
-    assert float(gf) == pytest.approx(1 / 8, rel=1e-12)
     batched = jax.jit(jax.vmap(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=True)))
     np.testing.assert_allclose(batched(jnp.array([0.25, 100.0, 1e6])), [0.5, 10.0, 1e3], rtol=1e-15)
 

@@ -198,14 +198,18 @@ def test_singular_but_solvable_kkt_gives_a_solution():
         rootdiff.solve_eq_qp(Qs, cs.at[2].set(1.0), jnp.zeros((0, 3)), jnp.zeros(0))
 
 
+@jax.jit
+def _solve_and_grad(Q, c, A, b):
+    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
+    g = jax.grad(lambda b: rootdiff.solve_eq_qp(Q, c, A, b)[0].astype(jnp.float32).sum())(b)
+    return x, y, g
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precision_is_solved_in_float32(dtype):
-    args = _problem(8, dtype=np.float32)
-    x32, y32 = rootdiff.solve_eq_qp(*args)
-    half = [a.astype(dtype) for a in args]
-    x, y = rootdiff.solve_eq_qp(*half)
-    assert x.dtype == y.dtype == dtype
-    ref = rootdiff.solve_eq_qp(*[a.astype(jnp.float32) for a in half])
-    np.testing.assert_allclose(x.astype(np.float32), ref[0].astype(dtype).astype(np.float32))
-    g = jax.grad(lambda b: rootdiff.solve_eq_qp(*half[:3], b)[0].astype(jnp.float32).sum())(half[3])
-    assert g.dtype == dtype and np.isfinite(np.asarray(g, np.float32)).all()
+    half = [a.astype(dtype) for a in _problem(8, dtype=np.float32)]
+    x, y, g = _solve_and_grad(*half)
+    assert x.dtype == y.dtype == g.dtype == dtype
+    ref, _, g_ref = _solve_and_grad(*[a.astype(jnp.float32) for a in half])
+    np.testing.assert_allclose(x.astype(np.float32), ref.astype(dtype).astype(np.float32))
+    np.testing.assert_allclose(g.astype(np.float32), g_ref.astype(dtype).astype(np.float32))
