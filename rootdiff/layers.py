@@ -26,6 +26,7 @@ precision, width; its final false-position step makes sparsemax's ``τ`` exact
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from numbers import Number
 from typing import Any
@@ -42,6 +43,22 @@ __all__ = ["sparsemax", "lml"]
 def _float(x: Any) -> jax.Array:
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
+
+
+def _validate(name: str, x: jax.Array, axis: Any) -> int:
+    """Check ``axis`` against ``x`` (an error naming both, not a bare ``IndexError``)."""
+    if x.ndim == 0:
+        raise ValueError(f"{name}: x must have at least one axis, got a scalar")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}") from None
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"{name}: axis={axis} is out of range for x of shape {x.shape} "
+            f"(expected -{x.ndim} <= axis < {x.ndim})"
+        )
+    return axis % x.ndim
 
 
 def _over_rows(
@@ -92,8 +109,12 @@ def sparsemax(x: jax.Array, axis: int = -1) -> jax.Array:
       [0.6, 0.4, 0.0]
     """
     x = _float(x)
-    if x.ndim == 0:
-        raise ValueError("sparsemax: x must have at least one axis")
+    axis = _validate("sparsemax", x, axis)
+    if x.shape[axis] == 0:
+        raise ValueError(
+            f"sparsemax: x of shape {x.shape} has no entries along axis {axis}; the "
+            f"probability simplex is empty in dimension 0"
+        )
     return _sparsemax_jit(x, axis)
 
 
@@ -173,8 +194,7 @@ def lml(x: jax.Array, k: int | float | jax.Array, axis: int = -1) -> jax.Array:
       (2.0, [0.79, 0.59, 0.16, 0.46])
     """
     x = _float(x)
-    if x.ndim == 0:
-        raise ValueError("lml: x must have at least one axis")
+    axis = _validate("lml", x, axis)
     n = x.shape[axis]
     if isinstance(k, Number) and not isinstance(k, bool):
         if k >= n:

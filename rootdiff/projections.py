@@ -1,7 +1,11 @@
 r"""Euclidean projections onto convex sets: optax's, plus the ones optax lacks.
 
-Every ``projection_*`` of :mod:`optax.projections` is re-exported unchanged
-(``projection_box``, ``projection_simplex``, ``projection_l1_ball``, ...). Added here:
+Every ``projection_*`` of :mod:`optax.projections` is re-exported (``projection_box``,
+``projection_simplex``, ``projection_l1_ball``, ...), wrapped so that an input of a
+precision below JAX's default float (float32 with ``jax_enable_x64``, float16 or
+bfloat16) is projected in the default float and cast back: some of optax's
+projections otherwise mix dtypes internally (a dtype error in their custom
+derivative rule, or in a ``cond``). Other inputs go to optax untouched. Added here:
 
 * :func:`projection_box_section` — onto ``{x : lower ≤ x ≤ upper, Σx = total}``;
 * :func:`projection_capped_simplex` — onto ``{x : 0 ≤ x ≤ 1, Σx = k}`` (the set of
@@ -28,23 +32,48 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from optax.projections import (
-    projection_box,
-    projection_halfspace,
-    projection_hypercube,
-    projection_hyperplane,
-    projection_l1_ball,
-    projection_l1_sphere,
-    projection_l2_ball,
-    projection_l2_sphere,
-    projection_linf_ball,
-    projection_non_negative,
-    projection_simplex,
-    projection_vector,
-)
+import numpy as np
+import optax.projections as _optax_projections
 
 from rootdiff import linear_solve as _ls
 from rootdiff.solvers.bisection import bisection
+
+
+def _low_precision(leaf, work) -> bool:
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return False  # Python scalars are weakly typed: no dtype of their own to keep
+    dtype = jnp.result_type(leaf)
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < jnp.finfo(work).bits
+
+
+def _keep_dtype(proj):
+    """``proj`` computed in the default float for low-precision inputs, cast back."""
+
+    @functools.wraps(proj)
+    def wrapped(tree, *args, **kwargs):
+        work = jnp.result_type(float)  # float64 with x64 enabled, else float32
+        low = lambda leaf: _low_precision(leaf, work)
+        if not any(low(leaf) for leaf in jax.tree.leaves(tree)):
+            return proj(tree, *args, **kwargs)
+        up = jax.tree.map(lambda v: jnp.asarray(v, work) if low(v) else v, tree)
+        out = proj(up, *args, **kwargs)
+        return jax.tree.map(lambda o, v: jnp.asarray(o, v.dtype) if low(v) else o, out, tree)
+
+    return wrapped
+
+
+projection_box = _keep_dtype(_optax_projections.projection_box)
+projection_halfspace = _keep_dtype(_optax_projections.projection_halfspace)
+projection_hypercube = _keep_dtype(_optax_projections.projection_hypercube)
+projection_hyperplane = _keep_dtype(_optax_projections.projection_hyperplane)
+projection_l1_ball = _keep_dtype(_optax_projections.projection_l1_ball)
+projection_l1_sphere = _keep_dtype(_optax_projections.projection_l1_sphere)
+projection_l2_ball = _keep_dtype(_optax_projections.projection_l2_ball)
+projection_l2_sphere = _keep_dtype(_optax_projections.projection_l2_sphere)
+projection_linf_ball = _keep_dtype(_optax_projections.projection_linf_ball)
+projection_non_negative = _keep_dtype(_optax_projections.projection_non_negative)
+projection_simplex = _keep_dtype(_optax_projections.projection_simplex)
+projection_vector = _keep_dtype(_optax_projections.projection_vector)
 
 __all__ = [
     # re-exported from optax.projections

@@ -89,8 +89,17 @@ def test_exact_zero_at_midpoint_stops():
 def test_tol_and_maxiter():
     loose = rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, tol=1e-3)
     assert 1e-12 < abs(float(loose) - np.sqrt(2)) <= 5e-4
-    capped = rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3)
-    assert abs(float(capped) - np.sqrt(2)) <= 2.0 / 2**4
+    # maxiter reached before the bracket closed: reported, and visible in the info.
+    with pytest.warns(rootdiff.ConvergenceWarning, match="maxiter=3"):
+        rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3)
+    capped, info = rootdiff.bisection(
+        sqrt_f, 0.0, 2.0, 2.0, maxiter=3, check="off", return_info=True
+    )
+    assert not bool(info.converged) and bool(info.bracketed) and int(info.iterations) == 3
+    assert float(info.lower) <= np.sqrt(2) <= float(info.upper)
+    assert np.isnan(rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, maxiter=3, check="nan"))
+    g = jax.grad(lambda a: rootdiff.bisection(sqrt_f, 0.0, 2.0, a, maxiter=3, check="nan"))(2.0)
+    assert np.isnan(g)
     # ftol: stop at the first midpoint with |f| ≤ ftol (1, then 1.5 with |f| = 0.25).
     assert float(rootdiff.bisection(sqrt_f, 0.0, 2.0, 2.0, ftol=0.3)) == 1.5
 
@@ -235,3 +244,121 @@ def test_bad_arguments():
         rootdiff.bisection(sqrt_f, jnp.zeros(2), 1.0, 0.5)
     with pytest.raises(ValueError, match="must return a scalar"):
         rootdiff.bisection(lambda x: jnp.stack([x, x]), -1.0, 1.0, check_bracket=False)
+
+
+# --------------------------------------------------------------------------- scale, closures
+
+
+def exp_f(x, a):
+    return jnp.exp(x) - a
+
+
+def test_wide_brackets_find_the_root_to_the_last_bits():
+    """The stopping rule does not depend on the bracket's width."""
+    x = rootdiff.bisection(exp_f, -1e30, 10.0, 1e-3)
+    assert abs(float(x) - np.log(1e-3)) <= 4e-16 * 7
+    x = rootdiff.bisection(exp_f, -jnp.inf, jnp.inf, 2.0)  # the whole real line
+    assert abs(float(x) - np.log(2.0)) <= 4e-16
+    x = rootdiff.bisection(lambda x: x - 1e-300, -1.0, 1e300)  # tiny root, huge bracket
+    assert float(x) == pytest.approx(1e-300, rel=1e-15)
+
+
+def test_wide_bracket_float32(float32):
+    x = rootdiff.bisection(exp_f, -1e6, 1e6, jnp.float32(1e-3))
+    assert x.dtype == jnp.float32
+    assert abs(float(x) - np.log(1e-3)) <= 2e-6  # was −6.936 with a width-relative tol
+    g = jax.grad(lambda a: rootdiff.bisection(exp_f, -1e6, 1e6, a))(jnp.float32(1e-3))
+    np.testing.assert_allclose(g, 1e3, rtol=1e-4)
+
+
+def test_closure_over_traced_values_under_grad_and_vmap():
+    """``f`` closing over a traced value: no eager bracket check, derivative flows to it."""
+    x = jnp.array([0.3, -1.2, 2.0, 0.7, -0.1])
+    g = jnp.array([1.0, -2.0, 0.5, 0.3, 0.0])
+
+    def loss(x):
+        nu = rootdiff.bisection(lambda nu: jnp.sum(jax.nn.sigmoid(x + nu)) - 2, -10.0, 10.0)
+        return jnp.vdot(g, jax.nn.sigmoid(x + nu))
+
+    np.testing.assert_allclose(jax.grad(loss)(x), lml_closed_form_vjp(x, 2, g), rtol=1e-10)
+    a = jnp.array([1.0, 4.0, 9.0])
+    roots = jax.vmap(lambda a: rootdiff.bisection(lambda t: t**2 - a, 0.0, 10.0))(a)
+    np.testing.assert_allclose(roots, jnp.sqrt(a), rtol=1e-14)
+    # The bracket is still checked in-graph: no sign change → NaN and a report.
+    with pytest.warns(rootdiff.ConvergenceWarning):
+        r = jax.vmap(lambda a: rootdiff.bisection(lambda t: t**2 - a, 0.0, 1.0))(a)
+    assert np.isnan(r[1:]).all()
+
+
+def test_keyword_arguments_for_f():
+    a = jnp.array(4.0)
+    assert float(rootdiff.bisection(sqrt_f, 0.0, 5.0, a=a)) == 2.0
+    g = jax.grad(lambda a: rootdiff.bisection(kepler_f, 0.0, 7.0, M=a, e=0.4))(1.3)
+    E = kepler(1.3, 0.4)
+    assert float(g) == pytest.approx(1 / (1 - 0.4 * np.cos(E)), rel=1e-12)
+
+
+def test_eager_calls_reuse_compiled_work_without_stale_closures():
+    import time
+
+    def timed(fn):
+        t = time.perf_counter()
+        out = fn()
+        return float(out), time.perf_counter() - t
+
+    timed(lambda: rootdiff.bisection(sqrt_f, 0.0, 3.0, 2.0))
+    r, dt = timed(lambda: rootdiff.bisection(sqrt_f, 0.0, 3.0, 3.0))
+    assert r == pytest.approx(np.sqrt(3.0), rel=1e-15)
+    assert dt < 0.1  # compiled once: a re-traced loop costs ~1 s
+    # A new closure over a new array each call: same compiled loop, fresh values.
+    times = []
+    for c in (1.0, 2.0, 3.0):
+        arr = jnp.array([c, c])
+        r, dt = timed(lambda: rootdiff.bisection(lambda t: jnp.sum(t - arr), -10.0, 10.0))
+        assert r == c
+        times.append(dt)
+    assert min(times[1:]) < 0.1
+
+    # A mutable object's method is not cached on its identity.
+    class Shift:
+        def __init__(self, a):
+            self.a = a
+
+        def f(self, x):
+            return x - self.a
+
+    s = Shift(jnp.array(1.0))
+    assert float(rootdiff.bisection(s.f, -3.0, 3.0)) == 1.0
+    s.a = jnp.array(2.0)
+    assert float(rootdiff.bisection(s.f, -3.0, 3.0)) == 2.0
+
+
+# --------------------------------------------------------------------------- bracket expansion
+
+
+def test_expansion_finds_a_root_outside_the_bracket():
+    """Brackets that miss the root on either side are widened until they hold it."""
+    cube_f = lambda x, a: x**3 - a
+    for lo, hi, a in [(0.0, 1.0, 64.0), (10.0, 20.0, 8.0), (5.0, 5.0, -1.0)]:
+        x, info = rootdiff.bisection(cube_f, lo, hi, a, expand=True, return_info=True)
+        assert float(x) == pytest.approx(np.cbrt(a), rel=1e-15)
+        assert int(info.expansions) >= 1 and bool(info.converged)
+        assert int(info.iterations) <= 65
+    # decreasing f, root far below the bracket
+    x = rootdiff.bisection(lambda x: -(x + 1e5), 0.0, 1.0, expand=True)
+    assert float(x) == pytest.approx(-1e5, rel=1e-15)
+    # the derivative is the implicit one, whatever the widening
+    g = jax.grad(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=True))(16.0)
+    assert float(g) == pytest.approx(1 / 8, rel=1e-12)
+    batched = jax.jit(jax.vmap(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=True)))
+    np.testing.assert_allclose(batched(jnp.array([0.25, 100.0, 1e6])), [0.5, 10.0, 1e3], rtol=1e-15)
+
+
+def test_expansion_budget_and_no_root():
+    with pytest.raises(ValueError, match="after 3 widenings"):
+        rootdiff.bisection(sqrt_f, 0.0, 1.0, 1e6, expand=3)
+    with pytest.raises(ValueError, match="f does not change sign"):
+        rootdiff.bisection(lambda x: x**2 + 1.0, 0.0, 1.0, expand=True)  # no root at all
+    with pytest.warns(rootdiff.ConvergenceWarning):
+        x = jax.jit(lambda a: rootdiff.bisection(sqrt_f, 0.0, 1.0, a, expand=3))(1e6)
+    assert np.isnan(x)

@@ -158,3 +158,58 @@ def test_shape_errors():
         rootdiff.solve_eq_qp(Q, c, A[:, :3], b)
     with pytest.raises(ValueError, match="Q must have shape"):
         rootdiff.solve_eq_qp(Q[:3], c, A, b)
+
+
+# --------------------------------------------------------------------------- singular, flagged
+
+
+def test_inconsistent_constraints_are_reported():
+    """x₁ + x₂ = 1 and x₁ + x₂ = 2: no feasible point; never a silent answer."""
+    Q, c = jnp.eye(3), jnp.array([1.0, 2.0, 3.0])
+    A, b = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]), jnp.array([1.0, 2.0])
+    with pytest.warns(rootdiff.ConvergenceWarning, match="solve_eq_qp"):
+        rootdiff.solve_eq_qp(Q, c, A, b)
+    with pytest.raises(Exception, match="solve_eq_qp"):
+        jax.block_until_ready(rootdiff.solve_eq_qp(Q, c, A, b, check="raise"))
+    x, _ = rootdiff.solve_eq_qp(Q, c, A, b, check="nan")
+    assert np.isnan(x).all()
+    g = jax.grad(lambda c: rootdiff.solve_eq_qp(Q, c, A, b, check="nan")[0].sum())(c)
+    assert np.isnan(g).all()
+
+
+def test_singular_but_solvable_kkt_gives_a_solution():
+    # A repeated constraint row: x is unique, y is not (y₁ + y₂ is).
+    Q, c = jnp.eye(3), jnp.array([1.0, 2.0, 3.0])
+    A, b = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]), jnp.array([1.0, 1.0])
+    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
+    x1, y1 = rootdiff.solve_eq_qp(Q, c, A[:1], b[:1])
+    np.testing.assert_allclose(x, x1, atol=1e-14)
+    assert float(y.sum()) == pytest.approx(float(y1[0]), rel=1e-13)
+    g = jax.grad(lambda c: jnp.sum(jnp.sin(rootdiff.solve_eq_qp(Q, c, A, b)[0])))(c)
+    g1 = jax.grad(lambda c: jnp.sum(jnp.sin(rootdiff.solve_eq_qp(Q, c, A[:1], b[:1])[0])))(c)
+    np.testing.assert_allclose(g, g1, atol=1e-13)
+    # A singular Q with c in its range and no constraints: a minimiser, finite.
+    Qs, cs = jnp.diag(jnp.array([2.0, 1.0, 0.0])), jnp.array([1.0, 2.0, 0.0])
+    x, _ = rootdiff.solve_eq_qp(Qs, cs, jnp.zeros((0, 3)), jnp.zeros(0))
+    np.testing.assert_allclose(Qs @ x + cs, 0.0, atol=1e-14)
+    assert np.isfinite(x).all()
+    # c outside the range: unbounded below, reported.
+    with pytest.warns(rootdiff.ConvergenceWarning, match="solve_eq_qp"):
+        rootdiff.solve_eq_qp(Qs, cs.at[2].set(1.0), jnp.zeros((0, 3)), jnp.zeros(0))
+
+
+@jax.jit
+def _solve_and_grad(Q, c, A, b):
+    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
+    g = jax.grad(lambda b: rootdiff.solve_eq_qp(Q, c, A, b)[0].astype(jnp.float32).sum())(b)
+    return x, y, g
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_is_solved_in_float32(dtype):
+    half = [a.astype(dtype) for a in _problem(8, dtype=np.float32)]
+    x, y, g = _solve_and_grad(*half)
+    assert x.dtype == y.dtype == g.dtype == dtype
+    ref, _, g_ref = _solve_and_grad(*[a.astype(jnp.float32) for a in half])
+    np.testing.assert_allclose(x.astype(np.float32), ref.astype(dtype).astype(np.float32))
+    np.testing.assert_allclose(g.astype(np.float32), g_ref.astype(dtype).astype(np.float32))

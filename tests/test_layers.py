@@ -240,3 +240,35 @@ def test_masked_entries():
         ref = jax.grad(lambda x: jnp.vdot(g[keep], layer(x)))(x[keep])
         np.testing.assert_allclose(grad[keep], ref, rtol=1e-12)
         assert (grad[~keep] == 0).all()
+
+
+def test_masked_by_a_large_negative_score():
+    """Masking with −1e30 (float64) leaves the other entries' answer unchanged."""
+    x = jnp.array([2.0, 1.0, -1.0, 0.5, -1e30])
+    y = lml(x, 2)
+    np.testing.assert_allclose(y[:4], lml(x[:4], 2), rtol=1e-13)
+    assert float(y[4]) == 0.0 and float(y.sum()) == pytest.approx(2.0, rel=1e-14)
+    np.testing.assert_allclose(sparsemax(x)[:4], sparsemax(x[:4]), rtol=1e-14)
+    g = jax.grad(lambda x: lml(x, 2)[0])(x)
+    np.testing.assert_allclose(g[:4], jax.grad(lambda x: lml(x, 2)[0])(x[:4]), rtol=1e-10)
+
+
+def test_masked_by_a_large_negative_score_float32(float32):
+    x = jnp.array([2.0, 1.0, -1.0, 0.5, -1e9], jnp.float32)
+    y = lml(x, 2)  # was [1, 1, 1, 1, 0]
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y[:4], [0.79321189, 0.58525791, 0.16035296, 0.46117724], rtol=2e-6)
+    assert float(y[4]) == 0.0 and abs(float(y.sum()) - 2.0) <= 1e-5
+
+
+def test_bad_axis_and_empty_input_say_what_is_wrong():
+    x = jnp.ones((2, 3))
+    for layer in (sparsemax, lambda x, axis: lml(x, 1, axis=axis)):
+        with pytest.raises(ValueError, match=r"axis=-3 is out of range for x of shape \(2, 3\)"):
+            layer(x, axis=-3)
+        with pytest.raises(ValueError, match="axis=2"):
+            layer(x, axis=2)
+    with pytest.raises(ValueError, match="no entries along axis 0"):
+        sparsemax(jnp.zeros(0))
+    with pytest.raises(TypeError, match="axis must be an int"):
+        sparsemax(x, axis=None)

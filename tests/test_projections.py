@@ -51,10 +51,73 @@ def test_every_optax_projection_is_reexported():
     names = [n for n in dir(optax.projections) if n.startswith("projection_")]
     assert len(names) >= 10
     for name in names:
-        assert getattr(projections, name) is getattr(optax.projections, name), name
+        ours = getattr(projections, name)
+        assert ours.__wrapped__ is getattr(optax.projections, name), name
         assert name in projections.__all__
     assert "projection_capped_simplex" in projections.__all__
     assert rootdiff.projections is projections
+
+
+_V = np.array([1.0, 1.0, 1.0, 1.0])
+# Every exported projection with hyperparameters for which x below is not in the set.
+EXPORTED = {
+    "projection_box": (0.0, 0.5),
+    "projection_halfspace": (_V, 0.5),
+    "projection_hypercube": (0.5,),
+    "projection_hyperplane": (_V, 0.5),
+    "projection_l1_ball": (0.8,),
+    "projection_l1_sphere": (1.0,),
+    "projection_l2_ball": (0.5,),
+    "projection_l2_sphere": (0.5,),
+    "projection_linf_ball": (0.5,),
+    "projection_non_negative": (),
+    "projection_simplex": (),
+    "projection_vector": (_V,),
+    "projection_box_section": (1.0, 0.0, 0.6),
+    "projection_capped_simplex": (2.0,),
+}
+_X = np.array([0.3, -0.2, 0.9, 0.45])
+
+
+def _all_projections(x, hps):
+    """Value and Jacobian of every exported projection, in one jit."""
+    out = {}
+    for name, hp in hps.items():
+        proj = getattr(projections, name)
+        g = lambda x, f=proj, hp=hp: f(x, *hp)
+        out[name] = (g(x), jax.jacrev(g)(x))
+    return out
+
+
+def _run_all(dtype):
+    hps = {
+        name: tuple(jnp.asarray(h, dtype) if isinstance(h, np.ndarray) else h for h in hp)
+        for name, hp in EXPORTED.items()
+    }
+    return jax.jit(_all_projections)(jnp.asarray(_X, dtype), hps)
+
+
+def _check_float32(results, reference):
+    assert set(EXPORTED) == set(projections.__all__)
+    for name, (y, J) in results.items():
+        assert y.dtype == J.dtype == jnp.float32, name
+        y_ref, J_ref = reference[name]
+        np.testing.assert_allclose(y, y_ref, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(J, J_ref, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference64():
+    return jax.tree.map(np.asarray, _run_all(jnp.float64))
+
+
+def test_every_exported_projection_float32_with_x64_on(reference64):
+    """float32 input with x64 enabled: float32 value and Jacobians, equal to float64's."""
+    _check_float32(_run_all(jnp.float32), reference64)
+
+
+def test_every_exported_projection_float32_with_x64_off(reference64, float32):
+    _check_float32(_run_all(jnp.float32), reference64)
 
 
 # --------------------------------------------------------------------------- values

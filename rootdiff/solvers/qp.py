@@ -687,7 +687,7 @@ def _info(x, y, z, res, Q, q, A, b, G, h):
 
 
 def _solve_equality_only(Q, q, A, b, G, h, *, return_info, check):
-    x, y = solve_eq_qp(Q, q, A, b)
+    x, y = solve_eq_qp(Q, q, A, b, check=check)
     finite = jnp.all(jnp.isfinite(x))
     status = jnp.where(finite, QPStatus.SOLVED, QPStatus.MAX_ITERATIONS).astype(jnp.int32)
     if check == "nan":
