@@ -172,12 +172,12 @@ def prox_group_lasso(
             f"prox_group_lasso: with groups, x must be 1-D and groups of the same shape; "
             f"got x {x.shape}, groups {groups.shape}"
         )
-    n_groups = int(jnp.max(groups)) + 1 if not isinstance(groups, jax.core.Tracer) else None
-    if n_groups is None:
-        raise ValueError("prox_group_lasso: groups must be a concrete (non-traced) array")
-    sq = jax.ops.segment_sum(x * x, groups, num_segments=n_groups)
+    # ids lie in [0, len(x)): len(x) segments always suffice (and keep shapes static
+    # when the ids are traced)
+    sq = jax.ops.segment_sum(x * x, groups, num_segments=x.shape[0])
     norm = jnp.sqrt(sq)[groups]
-    lam = jnp.broadcast_to(jnp.asarray(l2reg, x.dtype), (n_groups,))[groups]
+    lam = jnp.asarray(l2reg, x.dtype)
+    lam = lam if lam.ndim == 0 else lam[groups]
     safe = jnp.where(norm > 0, norm, 1.0)
     return jnp.where(norm > scaling * lam, (1 - scaling * lam / safe) * x, jnp.zeros_like(x))
 

@@ -450,6 +450,8 @@ def _options(maxiter, tol, backtrack, increase, max_backtracks, support, solve, 
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0; got {tol}")
     _checks.validate_mode(check)
+    if support not in (None, True, False):
+        raise TypeError(f"support must be None, True or False (static); got {support!r}")
     return _Options(
         int(maxiter), None if tol is None else float(tol), float(backtrack), float(increase),
         int(max_backtracks), support, solve, check,
