@@ -316,7 +316,8 @@ def _solve(fun, prox, init, args, kwargs, hp, stepsize, opts: _Options, prox_nam
 
     what = (
         f"{opts.what} (gradient mapping max|G(x)| against tol·max|G(x0)|; a residual "
-        f"of inf: the line search found no step, is fun smooth?)"
+        f"of inf: the step stopped moving x: the line search found no step (is fun "
+        f"smooth?) or the step is below x's rounding (ill-conditioned))"
     )
     # One report per call: a non-finite x is reported by the implicit rule's check.
     ok = converged | ~_all_finite(x)
