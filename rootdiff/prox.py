@@ -47,6 +47,7 @@ __all__ = [
     "prox_from_projection",
     "prox_non_negative",
     "prox_box",
+    "call_projection",
 ]
 
 PyTree = Any

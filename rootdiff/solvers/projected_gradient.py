@@ -76,7 +76,7 @@ def projected_gradient(
     Forward solver: :func:`rootdiff.proximal_gradient`'s FISTA with adaptive restart
     and, with ``stepsize=None``, backtracking (factor ``backtrack``, each iteration
     starting from ``increase`` × the previous step). Stopping test (scale-aware): the
-    gradient mapping ``G(y) = (y − T(y))/η`` satisfies ``max|G(y)| ≤ tol · max|G(x₀)|``
+    gradient mapping ``G(y) = (y − T(y))/η`` satisfies ``max|G(y)| ≤ tol · max(|G(x₀)|, |∇f(x₀)|)``
     (plus a rounding floor) at a feasible ``y``; a tiny step cannot fake convergence,
     and a line search that finds no step (non-smooth ``fun``) stops the solve and is
     reported (``check``; ``info.step_collapsed``).

@@ -56,7 +56,7 @@ class ProximalGradientInfo(NamedTuple):
       converged: the stopping test ``optimality ≤ threshold`` was met within ``maxiter``.
       optimality: ``max |G(x)|``, ``G(x) = (x − T(x))/η`` the gradient mapping (zero
         exactly at a solution; in the units of ``∇f``).
-      threshold: the value ``optimality`` had to reach: ``tol · max|G(x₀)|`` plus a
+      threshold: the value ``optimality`` had to reach: ``tol · max(|G(x₀)|, |∇f(x₀)|)`` plus a
         rounding floor.
       step_collapsed: the line search could not find a step (``f`` non-smooth or not
         finite near ``x``): the solve stopped there and is not converged.
@@ -204,7 +204,9 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
         g0 = jnp.where(first, opt, s.g0)
         grad0 = jnp.where(first, _max_abs(g), s.grad0)
         # relative reduction of the gradient mapping, down to its rounding floor
-        thr = tol * g0 + 4 * eps * (grad0 + _max_abs(g))
+        # (scale: the larger of G and ∇f at the start, so that a warm start close to the
+        # solution does not make the test stricter)
+        thr = tol * jnp.maximum(g0, grad0) + 4 * eps * (grad0 + _max_abs(g))
         # a step too small to move y (rounding) proves nothing: the step collapsed
         frozen = eta * _max_abs(g) <= 4 * eps * _max_abs(s.y)
         failed = (failed | (frozen & (_max_abs(g) > thr))) & ~outside
@@ -315,7 +317,7 @@ def _solve(fun, prox, init, args, kwargs, hp, stepsize, opts: _Options, prox_nam
         sol = verified(x, eta, args, kwargs, hp)
 
     what = (
-        f"{opts.what} (gradient mapping max|G(x)| against tol·max|G(x0)|; a residual "
+        f"{opts.what} (gradient mapping max|G(x)| against tol·max(|G(x0)|, |∇f(x0)|); a residual "
         f"of inf: the step stopped moving x: the line search found no step (is fun "
         f"smooth?) or the step is below x's rounding (ill-conditioned))"
     )
@@ -495,7 +497,7 @@ def proximal_gradient(
     Forward solver: FISTA with adaptive restart; with ``stepsize=None`` the step is
     found by backtracking (factor ``backtrack``), starting each iteration from
     ``increase`` × the previous step. Stopping test (scale-aware): the gradient mapping
-    ``G(y) = (y − T(y))/η`` satisfies ``max|G(y)| ≤ tol · max|G(x₀)|`` (plus a rounding
+    ``G(y) = (y − T(y))/η`` satisfies ``max|G(y)| ≤ tol · max(|G(x₀)|, |∇f(x₀)|)`` (plus a rounding
     floor) at a point ``y`` that the returned ``x`` equals. A line search that finds no
     step stops the solve; not converging is reported by ``check``.
 
