@@ -1,6 +1,6 @@
 """rootdiff: make any solver differentiable by the implicit function theorem."""
 
-from rootdiff import layers, linear_solve, projections
+from rootdiff import layers, linear_solve, projections, prox
 from rootdiff._checks import ConvergenceError, ConvergenceWarning
 from rootdiff.implicit import (
     RootInfo,
@@ -12,6 +12,7 @@ from rootdiff.implicit import (
 )
 from rootdiff.solvers.bisection import bisection
 from rootdiff.solvers.projected_gradient import projected_gradient
+from rootdiff.solvers.proximal_gradient import proximal_gradient
 from rootdiff.solvers.qp import QPInfo, QPStatus, solve_eq_qp, solve_qp
 
 __version__ = "0.1.0"
@@ -30,6 +31,8 @@ __all__ = [
     "linear_solve",
     "projected_gradient",
     "projections",
+    "prox",
+    "proximal_gradient",
     "root_jvp",
     "root_vjp",
     "solve_eq_qp",

@@ -245,3 +245,104 @@ def test_float32(float32):
     S = np.flatnonzero(ref > 1e-9)
     P = np.linalg.pinv(np.asarray(A, np.float64)[:, S])
     np.testing.assert_allclose(g, 2 * P.T @ ref[S], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- honest status
+
+
+def test_ill_conditioned_start_is_not_accepted():
+    """A tiny step must not make the starting point look converged.
+
+    ``f = ½(1e8 x₀² + x₁²) − a·x`` on ``x ≥ 0`` has solution ``(3e-9, 0.3)``; the step is
+    ~1e-8, so ``|T(x₀) − x₀|`` is ~3e-9 at ``x₀ = 0``. The scale-aware test (gradient
+    mapping relative to its start) either reaches the solution or reports failure.
+    """
+    f = lambda x, a: 0.5 * (1e8 * x[0] ** 2 + x[1] ** 2) - a @ x  # noqa: E731
+    a = jnp.array([0.3, 0.3])
+    with pytest.warns(rootdiff.ConvergenceWarning, match="projected_gradient"):
+        x, info = projected_gradient(
+            f, jnp.zeros(2), oproj.projection_non_negative, a, maxiter=50, return_info=True
+        )
+    assert not bool(info.converged)
+    assert float(info.optimality) > float(info.threshold)
+    # With a fixed step 1/L and many iterations it reaches the solution to within the
+    # rounding floor of the step (η|∇f| below eps·|x|), and says that it stopped there.
+    x, info = projected_gradient(
+        f, jnp.zeros(2), oproj.projection_non_negative, a, stepsize=1e-8, maxiter=100000,
+        return_info=True, check="off",
+    )  # fmt: skip
+    np.testing.assert_allclose(x, [3e-9, 0.3], rtol=1e-6)
+    assert bool(info.converged) or bool(info.step_collapsed)
+
+
+def test_non_smooth_objective_collapsed_step_is_flagged():
+    f = lambda x, a: jnp.sum(jnp.abs(x - a))  # noqa: E731
+    with pytest.warns(rootdiff.ConvergenceWarning, match="line search found no step"):
+        _, info = projected_gradient(
+            f, jnp.zeros(2), oproj.projection_non_negative, jnp.array([0.3, 0.7]),
+            return_info=True,
+        )  # fmt: skip
+    assert bool(info.step_collapsed) and not bool(info.converged)
+
+
+def test_projection_must_keep_the_shape():
+    proj = lambda y, hp: jnp.maximum(y, hp)  # noqa: E731
+    with pytest.raises(ValueError, match=r"shaped like init.*\(3, 3\)"):
+        projected_gradient(least_squares, jnp.zeros(3), proj, A[:, :3], B,
+                           hyperparams_proj=jnp.zeros((3, 1)))  # fmt: skip
+
+
+def test_infeasible_projection_reports_once_per_call():
+    """An empty set under jit: NaN and a handful of reports, not one per iteration."""
+    import warnings
+
+    from rootdiff.projections import projection_box_section
+
+    proj = lambda y, total: projection_box_section(y, total, 0.0, 1.0)  # noqa: E731
+    run = jax.jit(lambda b: projected_gradient(least_squares, jnp.zeros(5), proj, A, b,
+                                               hyperparams_proj=50.0))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = run(B)
+    assert bool(jnp.all(jnp.isnan(x)))
+    reports = [w for w in caught if issubclass(w.category, rootdiff.ConvergenceWarning)]
+    assert 1 <= len(reports) <= 3, [str(w.message)[:80] for w in reports]
+
+
+# --------------------------------------------------------------------------- jaxopt-style calls
+
+
+def test_keyword_arguments_and_jaxopt_projection_conventions():
+    fun = lambda x, *, c: 0.5 * jnp.sum((x - c) ** 2)  # noqa: E731
+    c = jnp.array([1.0, -1.0, 2.0])
+    x = projected_gradient(fun, jnp.zeros(3), oproj.projection_non_negative, c=c)
+    np.testing.assert_allclose(x, [1.0, 0.0, 2.0], atol=1e-7)
+    # optax's projection_box(y, lower, upper) with jaxopt's hyperparams_proj=(lower, upper)
+    x = projected_gradient(fun, jnp.zeros(3), oproj.projection_box, c=c,
+                           hyperparams_proj=(0.0, 1.5))  # fmt: skip
+    np.testing.assert_allclose(x, [1.0, 0.0, 1.5], atol=1e-7)
+    # a two-argument projection with hyperparams_proj=None
+    x = projected_gradient(fun, jnp.zeros(3), lambda y, hp: jnp.maximum(y, 0.0), c=c)
+    np.testing.assert_allclose(x, [1.0, 0.0, 2.0], atol=1e-7)
+    g = jax.grad(
+        lambda c: jnp.sum(
+            projected_gradient(
+                fun, jnp.zeros(3), oproj.projection_box, c=c, hyperparams_proj=(0.0, 1.5)
+            )
+        )
+    )(c)
+    np.testing.assert_allclose(g, [1.0, 0.0, 0.0], atol=1e-7)
+
+
+def test_repeated_eager_calls_are_cheap():
+    import time
+
+    run = lambda b: projected_gradient(  # noqa: E731
+        least_squares, jnp.zeros(5), oproj.projection_non_negative, A, b
+    )
+    run(B).block_until_ready()
+    t = time.perf_counter()
+    for k in range(3):
+        run(B + 0.01 * k).block_until_ready()
+    per_call = (time.perf_counter() - t) / 3
+    assert per_call < 0.2, per_call  # was 1.6–6.3 s per call with re-traced loops
