@@ -102,8 +102,8 @@ def _accurate(r) -> bool:
 
 
 def _short(impl: str) -> str:
-    for long, short in [(" + implicit diff", ""), (" + autodiff", ""), ("backend='e', ", "")]:
-        impl = impl.replace(long, short)
+    for long in [" + implicit diff", " + autodiff", "backend='e', ", "ImplicitAdjoint "]:
+        impl = impl.replace(long, "")
     return impl
 
 
