@@ -1,7 +1,13 @@
-"""Check issue 5's performance targets against a ``run.py --json`` file.
+"""Summarise a ``run.py --json`` file and check the performance targets.
 
-Usage: ``python benchmarks/targets.py benchmarks/results_full.json`` prints a
-Markdown table: each target, the measured ratio(s), met / not met.
+Usage::
+
+    python benchmarks/targets.py benchmarks/results_full.json            # targets table
+    python benchmarks/targets.py --summary benchmarks/results_full.json  # summary table
+
+The targets table lists each target, the measured ratio(s), met / not met. The
+summary has one row per workload: rootdiff against the best alternative (the
+table that opens ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -89,6 +95,76 @@ def report(rows) -> str:
     return "\n".join(out)
 
 
+def _accurate(r) -> bool:
+    """Whether a row's gradient meets the accuracy bar (float32 rows: 1e-5)."""
+    bar = ACCURACY if r["float64"] else 1e-5
+    return r["grad_err"] is not None and r["grad_err"] <= bar
+
+
+def _short(impl: str) -> str:
+    for long in [" + implicit diff", " + autodiff", "backend='e', ", "ImplicitAdjoint "]:
+        impl = impl.replace(long, "")
+    return impl
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def summary(rows) -> str:
+    """One Markdown row per workload: rootdiff against the best alternative.
+
+    rootdiff's row is its first (default) implementation of the workload. The best
+    alternative is the fastest other implementation whose gradient meets the
+    accuracy bar (relative error ≤ 1e-8 in float64, 1e-5 in float32); where none
+    does, the fastest one. Ratios are rootdiff / alternative (< 1: rootdiff faster,
+    or compiles faster). Below the table, a list names the faster but less accurate
+    implementations.
+    """
+    out = [
+        "| workload | best alternative | run ms (rootdiff / alt.) | time ratio "
+        "| gradient error (rootdiff / alt.) | compile ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    timed = [r for r in rows if r["run_ms"] is not None]
+    for wl in dict.fromkeys(r["workload"] for r in timed):
+        here = [r for r in timed if r["workload"] == wl]
+        mine = next((r for r in here if r["is_rootdiff"]), None)
+        others = sorted((r for r in here if not r["is_rootdiff"]), key=lambda r: r["run_ms"])
+        if mine is None or not others:
+            continue
+        best = next((r for r in others if _accurate(r)), others[0])
+        name = wl.replace(" (seed 000)", "")
+        faster = [r for r in others if r["run_ms"] < best["run_ms"] and r["grad_err"] is not None]
+        if faster:
+            f = faster[0]
+            notes.append(
+                f"* {name}: {_short(f['impl'])}, {_ms(f['run_ms'])} ms "
+                f"(time ratio {mine['run_ms'] / f['run_ms']:.2f}), gradient error {_fmt_err(f)}"
+            )
+        compile_ratio = (
+            f"{mine['compile_s'] / best['compile_s']:.2f}"
+            if mine["compile_s"] and best["compile_s"]
+            else "—"
+        )
+        out.append(
+            f"| {name} | {_short(best['impl'])} | {_ms(mine['run_ms'])} / {_ms(best['run_ms'])} "
+            f"| **{mine['run_ms'] / best['run_ms']:.2f}** | {_fmt_err(mine)} / {_fmt_err(best)} "
+            f"| {compile_ratio} |"
+        )
+    if notes:
+        out += ["", "Faster than the best alternative, but with less accurate gradients:", ""]
+        out += notes
+    return "\n".join(out)
+
+
+def _fmt_err(r) -> str:
+    return "—" if r["grad_err"] is None else f"{r['grad_err']:.1e}"
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        print(report(json.load(f)["rows"]))
+    args = sys.argv[1:]
+    table = summary if args[:1] == ["--summary"] else report
+    with open(args[-1]) as f:
+        print(table(json.load(f)["rows"]))

@@ -61,3 +61,19 @@ def test_rootdiff_gradients_meet_accuracy_bar(quick_run):
             assert r["grad_err"] <= 1e-5, r
         checked += 1
     assert checked >= 3
+
+
+def test_docs_summary_matches_committed_results():
+    """The summary that opens docs/benchmarks.md is generated from the committed rows."""
+    sys.path.insert(0, ROOT)
+    from benchmarks.targets import summary
+
+    with open(os.path.join(ROOT, "benchmarks", "results_full.json")) as f:
+        rows = json.load(f)["rows"]
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+        page = f.read()
+    table = summary(rows)
+    table_rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(table_rows) == 2 + len({r["workload"] for r in rows})  # one per workload
+    assert table in page, "regenerate: python benchmarks/targets.py --summary ..."
+    assert page.index(table) < page.index("## Protocol"), "the summary opens the page"
