@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 
 from benchmarks._common import Row, format_table  # noqa: E402
 
-MODULES = ["ridge", "layers", "qp", "eq_qp", "fixed_point", "scaling"]
+MODULES = ["ridge", "layers", "qp", "eq_qp", "fixed_point", "scaling", "lasso"]
 
 
 def workloads() -> dict:
