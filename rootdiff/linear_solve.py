@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "SolveInfo",
@@ -100,8 +101,48 @@ def _with_ridge(mv, ridge):
     return lambda x: mv(x) + ridge * x
 
 
+def _explicitly_sharded(*xs: jax.Array) -> bool:
+    """Whether any of ``xs`` has an axis sharded in its type (an ``Explicit`` mesh axis).
+
+    Under ``Auto`` mesh axes, inside ``shard_map`` and without a mesh, shardings do
+    not appear in the types and this is False.
+    """
+    for x in xs:
+        spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+        if spec is not None and any(p is not None for p in spec):
+            return True
+    return False
+
+
+def _reduced(*xs: jax.Array) -> P | None:
+    """``out_sharding`` for a contraction over a vector axis of ``xs``.
+
+    A dot product of two vectors sharded over an ``Explicit`` mesh axis is ambiguous
+    to JAX's sharding-in-types rules (the contraction could leave partial sums); we
+    ask for the replicated result, i.e. one all-reduce. ``None`` (JAX's default)
+    everywhere else, so unsharded code is unchanged.
+    """
+    return P() if _explicitly_sharded(*xs) else None
+
+
+def _vdot(x, y):
+    """``Σ conj(x) y`` on flat vectors; replicated when ``x``/``y`` are sharded."""
+    return jnp.matmul(jnp.conj(x), y, out_sharding=_reduced(x, y))
+
+
 def _norm(x):
-    return jnp.sqrt(jnp.real(jnp.vdot(x, x)))
+    return jnp.sqrt(jnp.real(_vdot(x, x)))
+
+
+def _zero_count(like: jax.Array) -> jax.Array:
+    """An int32 zero for a loop counter, typed (mesh, sharding) like the data ``like``.
+
+    A Python ``0`` in a ``while_loop`` carry has an empty mesh in its type; when the
+    loop is batched over an ``Explicit`` mesh axis (``vmap`` of a sharded batch)
+    JAX cannot add that axis to it ("Resource axis ... not found in mesh: ()").
+    Deriving every carry from the data avoids it.
+    """
+    return jnp.zeros_like(jnp.real(like), dtype=jnp.int32)
 
 
 def _finish(x, r_norm, b_norm, it, thresh, unravel, return_info):
@@ -162,7 +203,7 @@ def cg(
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
     r0 = b_flat - mv(x0)
     z0 = prec(r0)
-    gamma0 = jnp.vdot(r0, z0)
+    gamma0 = _vdot(r0, z0)
 
     def cond(state):
         _, r, _, _, _, k = state
@@ -171,15 +212,15 @@ def cg(
     def body(state):
         x, r, z, p, gamma, k = state
         Ap = mv(p)
-        alpha = gamma / jnp.vdot(p, Ap)
+        alpha = gamma / _vdot(p, Ap)
         x = x + alpha * p
         r = r - alpha * Ap
         z = prec(r)
-        gamma_new = jnp.vdot(r, z)
+        gamma_new = _vdot(r, z)
         p = z + (gamma_new / gamma) * p
         return x, r, z, p, gamma_new, k + 1
 
-    x, r, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, gamma0, 0))
+    x, r, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, gamma0, _zero_count(gamma0)))
     # Report the true residual, not the recursively updated one.
     r_norm = _norm(b_flat - mv(x))
     return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info)
@@ -211,7 +252,7 @@ def bicgstab(
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
     r0 = b_flat - mv(x0)
-    one = jnp.ones((), b_flat.dtype)
+    one = jnp.ones_like(b_norm, dtype=b_flat.dtype)
     zero = jnp.zeros_like(b_flat)
 
     def cond(state):
@@ -220,22 +261,22 @@ def bicgstab(
 
     def body(state):
         x, r, rhat, p, v, rho, alpha, omega, k = state
-        rho_new = jnp.vdot(rhat, r)
+        rho_new = _vdot(rhat, r)
         beta = (rho_new / rho) * (alpha / omega)
         p = r + beta * (p - omega * v)
         phat = prec(p)
         v = mv(phat)
-        alpha = rho_new / jnp.vdot(rhat, v)
+        alpha = rho_new / _vdot(rhat, v)
         s = r - alpha * v
         shat = prec(s)
         t = mv(shat)
-        tt = jnp.vdot(t, t)
-        omega = jnp.where(tt > 0, jnp.vdot(t, s) / jnp.where(tt > 0, tt, 1), 0)
+        tt = _vdot(t, t)
+        omega = jnp.where(tt > 0, _vdot(t, s) / jnp.where(tt > 0, tt, 1), 0)
         x = x + alpha * phat + omega * shat
         r = s - omega * t
         return x, r, rhat, p, v, rho_new, alpha, omega, k + 1
 
-    init_state = (x0, r0, r0, zero, zero, one, one, one, 0)
+    init_state = (x0, r0, r0, zero, zero, one, one, one, _zero_count(b_norm))
     x, *_, k = jax.lax.while_loop(cond, body, init_state)
     r_norm = _norm(b_flat - mv(x))
     return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info)
@@ -278,10 +319,14 @@ def gmres(
     dtype = b_flat.dtype
     tiny = jnp.finfo(dtype).tiny
     eye = jnp.eye(m, dtype=dtype)
+    red = _reduced(b_flat)
 
     def cycle(x, r, budget):
         beta = _norm(r)
-        V = jnp.zeros((m + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1))
+        # The basis is built from r so that it carries r's sharding (rows split like
+        # the vectors, never gathered); the small matrices below are replicated.
+        V = jnp.broadcast_to(jnp.zeros_like(r)[None], (m + 1, n))
+        V = V.at[0].set(r / jnp.where(beta > 0, beta, 1))
         R = jnp.zeros((m + 1, m), dtype)  # Hessenberg matrix, rotated to upper triangular
         g = jnp.zeros(m + 1, dtype).at[0].set(beta)  # rotated right-hand side
         cs = jnp.zeros(m, dtype)
@@ -294,9 +339,9 @@ def gmres(
         def inner_body(state):
             j, V, R, g, cs, sn = state
             w = mv(prec(V[j]))
-            h = V @ w  # rows > j of V are zero
+            h = jnp.matmul(V, w, out_sharding=red)  # rows > j of V are zero
             w = w - V.T @ h
-            h2 = V @ w  # re-orthogonalise (CGS2)
+            h2 = jnp.matmul(V, w, out_sharding=red)  # re-orthogonalise (CGS2)
             w = w - V.T @ h2
             h = h + h2
             h_next = _norm(w)
@@ -318,7 +363,8 @@ def gmres(
             g = g.at[j + 1].set(-s * g[j]).at[j].set(c * g[j])
             return j + 1, V, R.at[:, j].set(h), g, cs.at[j].set(c), sn.at[j].set(s)
 
-        k, V, R, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, (0, V, R, g, cs, sn))
+        j0 = _zero_count(beta)
+        k, V, R, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, (j0, V, R, g, cs, sn))
         active = jnp.arange(m) < k
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_k = jnp.where(active[None, :] & active[:, None], R[:m], eye)
@@ -337,7 +383,7 @@ def gmres(
         x, r, k = cycle(x, r, maxiter - it)
         return x, r, it + jnp.maximum(k, 1)
 
-    x, r, it = jax.lax.while_loop(cond, body, (x0, b_flat - mv(x0), 0))
+    x, r, it = jax.lax.while_loop(cond, body, (x0, b_flat - mv(x0), _zero_count(b_norm)))
     return _finish(x, _norm(r), b_norm, it, thresh, unravel, return_info)
 
 
