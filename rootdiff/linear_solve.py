@@ -327,10 +327,12 @@ def gmres(
         # the vectors, never gathered); the small matrices below are replicated.
         V = jnp.broadcast_to(jnp.zeros_like(r)[None], (m + 1, n))
         V = V.at[0].set(r / jnp.where(beta > 0, beta, 1))
-        R = jnp.zeros((m + 1, m), dtype)  # Hessenberg matrix, rotated to upper triangular
-        g = jnp.zeros(m + 1, dtype).at[0].set(beta)  # rotated right-hand side
-        cs = jnp.zeros(m, dtype)
-        sn = jnp.zeros(m, dtype)
+        # Small replicated arrays, typed like the data (see _zero_count).
+        zero = jnp.zeros_like(beta, dtype=dtype)
+        R = jnp.zeros((m + 1, m), dtype) + zero  # Hessenberg, rotated to upper triangular
+        g = (jnp.zeros(m + 1, dtype) + zero).at[0].set(beta)  # rotated right-hand side
+        cs = jnp.zeros(m, dtype) + zero
+        sn = cs
 
         def inner_cond(state):
             j, _, _, g, _, _ = state
@@ -421,9 +423,18 @@ def normal_cg(
     return (out, info) if return_info else out
 
 
-def materialize(mv: Callable[[jax.Array], jax.Array], n: int, dtype: Any) -> jax.Array:
-    """The ``n × n`` matrix of a linear map on flat vectors (``n`` matvecs, vmapped)."""
-    return jax.vmap(mv, out_axes=1)(jnp.eye(n, dtype=dtype))
+def materialize(
+    mv: Callable[[jax.Array], jax.Array], n: int, dtype: Any, like: jax.Array | None = None
+) -> jax.Array:
+    """The ``n × n`` matrix of a linear map on flat vectors (``n`` matvecs, vmapped).
+
+    ``like`` (a vector of the map's input space) gives the basis vectors its type,
+    e.g. varying over the manual axes inside ``shard_map``.
+    """
+    eye = jnp.eye(n, dtype=dtype)
+    if like is not None:
+        eye = eye + jnp.zeros_like(like, dtype=dtype)
+    return jax.vmap(mv, out_axes=1)(eye)
 
 
 def _dense(method):
@@ -441,8 +452,11 @@ def _dense(method):
         del init, maxiter  # direct solves need neither
         mv, b_flat, unravel = _flat(matvec, b)
         mv = _with_ridge(mv, ridge)
-        A = materialize(mv, b_flat.size, b_flat.dtype)
-        x = method(A, b_flat)
+        A = materialize(mv, b_flat.size, b_flat.dtype, like=b_flat)
+        # XLA's CPU factorisations have no half-precision kernels: factorise in
+        # float32 (more accurate anyway) and cast back.
+        work = jnp.promote_types(b_flat.dtype, jnp.float32)
+        x = method(A.astype(work), b_flat.astype(work)).astype(b_flat.dtype)
         if not return_info:
             return unravel(x)
         b_norm = _norm(b_flat)
@@ -455,7 +469,14 @@ def _dense(method):
 
 
 def _lu(A, b):
-    return jnp.linalg.solve(A, b)
+    # LU with partial pivoting; the row permutation is applied as a one-hot matrix
+    # product rather than the gather ``b[perm]`` of ``jnp.linalg.solve``: under
+    # ``vmap`` over an Explicit mesh axis, a gather of an unbatched ``b`` (e.g. the
+    # basis tangents of ``jacfwd``) with batched pivots has no sharding JAX can infer.
+    lu_, _, perm = jax.lax.linalg.lu(A)
+    Pb = (perm[:, None] == jnp.arange(A.shape[0])).astype(A.dtype) @ b
+    y = jax.scipy.linalg.solve_triangular(lu_, Pb, lower=True, unit_diagonal=True)
+    return jax.scipy.linalg.solve_triangular(lu_, y, lower=False)
 
 
 def _cholesky(A, b):
