@@ -196,7 +196,9 @@ def bisection(
             done = zero | (new_hi - new_lo <= width_tol) | (mid <= lo) | (mid >= hi)
             return new_lo, new_hi, f_lo, f_hi, i + 1, done
 
-        init = (lo, hi, f_lo, f_hi, jnp.zeros((), jnp.int32), done)
+        # The counter is typed like the data (a literal 0 has no mesh in its type,
+        # which breaks vmap over an Explicit mesh axis).
+        init = (lo, hi, f_lo, f_hi, jnp.zeros_like(lo, dtype=jnp.int32), done)
         lo, hi, f_lo, f_hi, _, _ = jax.lax.while_loop(cond, body, init)
         # Final false-position step inside the last bracket: exact for f linear
         # there, error O(width²) for smooth f; never leaves the bracket.
