@@ -148,7 +148,8 @@ def _fista(
             eta, j = c
             return (j < max_backtracks) & ~skip & ~ok(eta)
 
-        eta, _ = jax.lax.while_loop(cond, lambda c: (c[0] * backtrack, c[1] + 1), (eta0, 0))
+        j0 = jnp.zeros_like(eta0, dtype=jnp.int32)  # typed like the data (Explicit meshes)
+        eta, _ = jax.lax.while_loop(cond, lambda c: (c[0] * backtrack, c[1] + 1), (eta0, j0))
         return eta
 
     def body(s: _State) -> _State:
@@ -189,9 +190,12 @@ def _fista(
         eta0 = _initial_step(grad, x0, dtype)
     else:
         eta0 = jnp.asarray(stepsize, dtype)
+    # Scalars typed like the data, not literals: a literal has no mesh in its type,
+    # which breaks vmap over an Explicit mesh axis.
+    zero = jnp.zeros_like(eta0, dtype=dtype)
     s0 = _State(
-        x=x0, y=x0, y_feasible=jnp.array(True), t=jnp.ones((), dtype), eta=eta0,
-        it=jnp.zeros((), jnp.int32), done=jnp.array(False),
+        x=x0, y=x0, y_feasible=zero == 0, t=zero + 1, eta=zero + eta0,
+        it=zero.astype(jnp.int32), done=zero != 0,
     )  # fmt: skip
     s = jax.lax.while_loop(cond, body, s0)
     # On success y is the verified point (y == x there); otherwise return the last x.
