@@ -401,25 +401,60 @@ def normal_cg(
     M: MatVec | None = None,
     return_info: bool = False,
 ):
-    """CG on the normal equations ``(AᵀA + ridge·I) x = Aᵀ b``.
+    """CG on the normal equations ``(AᵀA + ridge·I) x = Aᵀ b``: least squares.
 
-    Works for any (square) ``A``, including singular ones where it returns the
-    least-squares solution, but squares the condition number. ``Aᵀ`` is obtained by
-    ``jax.linear_transpose`` of ``matvec``. ``info`` reports the residual of the
-    original system ``‖b − A x‖``; its ``converged`` flag refers to the normal
-    equations, whose residual is what the iteration controls.
+    ``A`` may be non-square: ``matvec`` maps the space of ``x`` (``n`` numbers) to
+    the space of ``b`` (``m`` numbers), e.g. the Jacobian of an over-determined
+    optimality condition. The space of ``x`` is given by ``init`` (a pytree shaped
+    like ``x``, also the starting point); without ``init`` it is ``b``'s space
+    (square ``A``). Returns the least-squares solution ``argmin ‖b − A x‖`` (the
+    minimum-norm one from a zero start when ``A`` is rank deficient), at the price
+    of squaring the condition number. ``Aᵀ`` is ``jax.linear_transpose`` of
+    ``matvec``; ``M`` preconditions the normal equations (a map on ``x``'s space).
+
+    ``info.residual_norm`` is ``‖b − A x‖``, which need not vanish for an
+    inconsistent system; ``info.converged`` refers to the normal equations'
+    residual ``‖Aᵀ(b − A x) − ridge·x‖``, which the iteration controls.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 3 × 2
+      >>> x = normal_cg(lambda v: A @ v, jnp.array([1.0, 1.0, 0.0]), init=jnp.zeros(2))
+      >>> [round(float(v), 4) for v in x]
+      [0.3333, 0.3333]
     """
-    mv, b_flat, unravel = _flat(matvec, b)
-    rmv = jax.linear_transpose(mv, b_flat)
+    b_flat, _ = ravel_pytree(b)
+    if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
+        raise TypeError(f"normal_cg: b must be floating point, got dtype {b_flat.dtype}")
+    x_flat, unravel_x = ravel_pytree(b if init is None else init)
+    x_flat = x_flat.astype(b_flat.dtype)
+
+    def mv(x):
+        return ravel_pytree(matvec(unravel_x(x)))[0].astype(b_flat.dtype)
+
+    try:
+        out = jax.eval_shape(mv, x_flat)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "normal_cg: matvec failed on a vector shaped like "
+            + ("b; for a non-square A pass init= shaped like x" if init is None else "init")
+            + f" ({e})"
+        ) from e
+    if out.shape != b_flat.shape:
+        raise ValueError(
+            f"normal_cg: matvec maps {x_flat.size} numbers to {out.shape[0]}, but b has "
+            f"{b_flat.size}; the output of matvec must be shaped like b"
+            + ("" if init is not None else " (for a non-square A pass init= shaped like x)")
+        )
+    rmv = jax.linear_transpose(mv, x_flat)
     normal_mv = lambda x: rmv(mv(x))[0]  # noqa: E731
-    rhs = rmv(b_flat)[0]
+    prec = None if M is None else (lambda r: ravel_pytree(M(unravel_x(r)))[0].astype(r.dtype))
     x, info = cg(
-        normal_mv, rhs, init=None if init is None else ravel_pytree(init)[0],
-        tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, M=M, return_info=True,
+        normal_mv, rmv(b_flat)[0], init=None if init is None else x_flat,
+        tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, M=prec, return_info=True,
     )  # fmt: skip
-    r_norm = _norm(b_flat - mv(x))
-    info = info._replace(residual_norm=r_norm, b_norm=_norm(b_flat))
-    out = unravel(x)
+    info = info._replace(residual_norm=_norm(b_flat - mv(x)), b_norm=_norm(b_flat))
+    out = unravel_x(x)
     return (out, info) if return_info else out
 
 

@@ -118,3 +118,24 @@ def test_auto_rule():
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="expected one of"):
         ls.get_solver("qr")
+
+
+def test_normal_cg_non_square_least_squares():
+    """A maps R^4 -> R^7 (over-determined): init= gives x's space; lstsq is the oracle."""
+    A = jnp.asarray(rng.normal(size=(7, 4)))
+    b = jnp.asarray(rng.normal(size=7))
+    x, info = ls.normal_cg(lambda v: A @ v, b, init=jnp.zeros(4), return_info=True)
+    expected = np.linalg.lstsq(A, b, rcond=None)[0]
+    np.testing.assert_allclose(x, expected, rtol=1e-9)
+    assert x.shape == (4,) and bool(info.converged)
+    np.testing.assert_allclose(info.residual_norm, np.linalg.norm(b - A @ expected), rtol=1e-8)
+    # pytree x (dict) and under-determined A (3 x 4): the minimum-norm solution.
+    W = jnp.asarray(rng.normal(size=(3, 4)))
+    mv = lambda t: W @ jnp.concatenate([t["a"], t["b"]])
+    x = ls.normal_cg(mv, b[:3], init={"a": jnp.zeros(1), "b": jnp.zeros(3)}, tol=1e-13)
+    np.testing.assert_allclose(
+        jnp.concatenate([x["a"], x["b"]]), np.linalg.pinv(W) @ b[:3], rtol=1e-8
+    )
+    # Without init the operator must be square: a clear error names init=.
+    with pytest.raises(ValueError, match="init="):
+        ls.normal_cg(lambda v: A @ v, b)
