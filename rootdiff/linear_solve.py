@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "SolveInfo",
     "DENSE_THRESHOLD",
+    "FULL_GMRES_MAX",
     "SOLVERS",
     "cg",
     "gmres",
@@ -60,6 +61,11 @@ MatVec = Callable[[PyTree], PyTree]
 #: 2-core CPU the dense LU of the materialised Jacobian beats GMRES/CG up to about
 #: 100 unknowns for a single system and 100–200 for a vmapped batch.
 DENSE_THRESHOLD = 100
+
+#: Up to this many unknowns, ``auto``'s GMRES falls back to unrestarted GMRES when
+#: GMRES(20) stalls (a basis of ``n + 1`` vectors: 0.7 MB per problem in float64).
+FULL_GMRES_MAX = 300
+_AUTO_RESTART = 20
 
 
 class SolveInfo(NamedTuple):
@@ -567,12 +573,29 @@ def auto(
     (declared by the caller, e.g. ``custom_root(..., symmetric=True)``) selects
     :func:`cg`, otherwise :func:`gmres`. Options are forwarded (``M`` and
     ``maxiter`` are dropped for the dense path).
+
+    Restarted GMRES(20) can stall on non-normal or ill-conditioned systems that a
+    direct solve handles exactly. So for ``n ≤ FULL_GMRES_MAX`` (and no ``restart``
+    given) ``auto`` runs GMRES(20) for at most ``5 × 20`` iterations and then
+    continues from its result with unrestarted GMRES (restart ``n``, at most ``n``
+    iterations in exact arithmetic, basis of ``n + 1`` vectors). When the first
+    stage converged the second does no iteration (one matvec to check), also under
+    ``vmap``.
     """
     n = sum(jnp.size(leaf) for leaf in jax.tree.leaves(b))
     if n <= DENSE_THRESHOLD:
         options = {k: v for k, v in options.items() if k not in ("M", "restart")}
         return lu(matvec, b, return_info=return_info, **options)
-    return (cg if symmetric else gmres)(matvec, b, return_info=return_info, **options)
+    if symmetric or n > FULL_GMRES_MAX or "restart" in options:
+        return (cg if symmetric else gmres)(matvec, b, return_info=return_info, **options)
+    maxiter = options.pop("maxiter", None)
+    maxiter = 10 * n if maxiter is None else maxiter
+    first = min(maxiter, 5 * _AUTO_RESTART)
+    x, info1 = gmres(matvec, b, return_info=True, maxiter=first, restart=_AUTO_RESTART, **options)
+    options["init"] = x
+    x, info2 = gmres(matvec, b, return_info=True, maxiter=maxiter, restart=n, **options)
+    info = info2._replace(iterations=info1.iterations + info2.iterations)
+    return (x, info) if return_info else x
 
 
 SOLVERS: dict[str, Callable[..., Any]] = {
