@@ -207,7 +207,7 @@ def cg(
     """
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
-    r0 = b_flat - mv(x0)
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
     z0 = prec(r0)
     gamma0 = _vdot(r0, z0)
 
@@ -257,7 +257,7 @@ def bicgstab(
     """
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
-    r0 = b_flat - mv(x0)
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
     one = jnp.ones_like(b_norm, dtype=b_flat.dtype)
     zero = jnp.zeros_like(b_flat)
 
@@ -391,7 +391,8 @@ def gmres(
         x, r, k = cycle(x, r, maxiter - it)
         return x, r, it + jnp.maximum(k, 1)
 
-    x, r, it = jax.lax.while_loop(cond, body, (x0, b_flat - mv(x0), _zero_count(b_norm)))
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
+    x, r, it = jax.lax.while_loop(cond, body, (x0, r0, _zero_count(b_norm)))
     return _finish(x, _norm(r), b_norm, it, thresh, unravel, return_info)
 
 
