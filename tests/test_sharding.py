@@ -82,16 +82,17 @@ def _cases(put):
     def T(x, th):
         return 0.5 * jnp.tanh(B @ x) + th
 
-    fp = rootdiff.custom_fixed_point(T, solve="gmres")(
+    # The decorators with their default solve= (GMRES and CG are covered above).
+    fp = rootdiff.custom_fixed_point(T)(
         lambda x, th: jax.lax.fori_loop(0, 80, lambda _, x: T(x, th), x)
     )
-    cases["custom_fixed_point[gmres]"] = lambda th: fp(jnp.zeros_like(th), th)
+    cases["custom_fixed_point"] = lambda th: fp(jnp.zeros_like(th), th)
 
     def objective(x, th):
         return 0.5 * x @ A @ x + 0.1 * jnp.sum(jnp.log(jnp.cosh(x))) - th @ x
 
-    am = rootdiff.argmin(objective, solve="cg")(descend)
-    cases["argmin[cg]"] = lambda th: am(jnp.zeros_like(th), th)
+    am = rootdiff.argmin(objective)(descend)
+    cases["argmin"] = lambda th: am(jnp.zeros_like(th), th)
     cases["bisection"] = lambda th: jax.vmap(
         lambda a: rootdiff.bisection(lambda x, a: x**3 + x - a, -10.0, 10.0, a)
     )(th)
@@ -126,6 +127,39 @@ def _all(cases, jacfwd=True):
         return out
 
     return jax.vmap(one_problem)
+
+
+def _checks_on_explicit_mesh(mesh):
+    """A backward solve that fails (GMRES, 1 iteration) is flagged on a sharded batch."""
+    import functools
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+
+    import rootdiff
+
+    thetas = np.random.default_rng(3).normal(size=(2 * N_DEV, 6))
+    with jax.sharding.set_mesh(mesh):
+        A = jax.device_put(np.diag(np.linspace(1, 10, 6)) + 0.3 * np.eye(6, k=1), P())
+        solve = functools.partial(rootdiff.linear_solve.gmres, maxiter=1)
+        th = jax.device_put(thetas, P("b"))
+        for check in ("warn", "nan"):
+            sol = rootdiff.custom_root(lambda x, t: A @ x - t, solve=solve, check=check)(
+                lambda x, t: jnp.linalg.solve(A, t)
+            )
+            f = jax.jit(jax.vmap(jax.grad(lambda t: jnp.sum(sol(jnp.zeros_like(t), t) ** 2))))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                g = np.asarray(f(th))
+            flagged = [w for w in caught if issubclass(w.category, rootdiff.ConvergenceWarning)]
+            if check == "warn":
+                assert flagged and np.isfinite(g).all(), (caught, g)
+            else:
+                assert not flagged and np.isnan(g).all(), (caught, g)
+    print("checks OK")
 
 
 def main():
@@ -173,6 +207,7 @@ def main():
                     err_msg=f"{label}: {name} {what}",
                 )  # fmt: skip
         print(label, "OK")
+    _checks_on_explicit_mesh(mesh)
     print("ALL OK")
 
 
