@@ -415,7 +415,8 @@ def _solve_root(
     bad = [s for s in jax.tree.leaves(sol_shape) if not jnp.issubdtype(s.dtype, jnp.inexact)]
     if bad:
         raise TypeError(f"the solver returned non-floating params {_describe(sol_shape)}")
-    example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sol_shape)
+    # Shapes, not zeros: they keep the solution's type under shard_map (varying axes).
+    example = sol_shape
     try:
         F_c, F_consts = jax.closure_convert(F_flat, example, dyn)
         F_shape = jax.eval_shape(F_c, example, dyn, *F_consts)

@@ -35,10 +35,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "SolveInfo",
     "DENSE_THRESHOLD",
+    "FULL_GMRES_MAX",
     "SOLVERS",
     "cg",
     "gmres",
@@ -59,6 +61,11 @@ MatVec = Callable[[PyTree], PyTree]
 #: 2-core CPU the dense LU of the materialised Jacobian beats GMRES/CG up to about
 #: 100 unknowns for a single system and 100–200 for a vmapped batch.
 DENSE_THRESHOLD = 100
+
+#: Up to this many unknowns, ``auto``'s GMRES falls back to unrestarted GMRES when
+#: GMRES(20) stalls (a basis of ``n + 1`` vectors: 0.7 MB per problem in float64).
+FULL_GMRES_MAX = 300
+_AUTO_RESTART = 20
 
 
 class SolveInfo(NamedTuple):
@@ -100,8 +107,48 @@ def _with_ridge(mv, ridge):
     return lambda x: mv(x) + ridge * x
 
 
+def _explicitly_sharded(*xs: jax.Array) -> bool:
+    """Whether any of ``xs`` has an axis sharded in its type (an ``Explicit`` mesh axis).
+
+    Under ``Auto`` mesh axes, inside ``shard_map`` and without a mesh, shardings do
+    not appear in the types and this is False.
+    """
+    for x in xs:
+        spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+        if spec is not None and any(p is not None for p in spec):
+            return True
+    return False
+
+
+def _reduced(*xs: jax.Array) -> P | None:
+    """``out_sharding`` for a contraction over a vector axis of ``xs``.
+
+    A dot product of two vectors sharded over an ``Explicit`` mesh axis is ambiguous
+    to JAX's sharding-in-types rules (the contraction could leave partial sums); we
+    ask for the replicated result, i.e. one all-reduce. ``None`` (JAX's default)
+    everywhere else, so unsharded code is unchanged.
+    """
+    return P() if _explicitly_sharded(*xs) else None
+
+
+def _vdot(x, y):
+    """``Σ conj(x) y`` on flat vectors; replicated when ``x``/``y`` are sharded."""
+    return jnp.matmul(jnp.conj(x), y, out_sharding=_reduced(x, y))
+
+
 def _norm(x):
-    return jnp.sqrt(jnp.real(jnp.vdot(x, x)))
+    return jnp.sqrt(jnp.real(_vdot(x, x)))
+
+
+def _zero_count(like: jax.Array) -> jax.Array:
+    """An int32 zero for a loop counter, typed (mesh, sharding) like the data ``like``.
+
+    A Python ``0`` in a ``while_loop`` carry has an empty mesh in its type; when the
+    loop is batched over an ``Explicit`` mesh axis (``vmap`` of a sharded batch)
+    JAX cannot add that axis to it ("Resource axis ... not found in mesh: ()").
+    Deriving every carry from the data avoids it.
+    """
+    return jnp.zeros_like(jnp.real(like), dtype=jnp.int32)
 
 
 def _finish(x, r_norm, b_norm, it, thresh, unravel, return_info):
@@ -160,9 +207,9 @@ def cg(
     """
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
-    r0 = b_flat - mv(x0)
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
     z0 = prec(r0)
-    gamma0 = jnp.vdot(r0, z0)
+    gamma0 = _vdot(r0, z0)
 
     def cond(state):
         _, r, _, _, _, k = state
@@ -171,15 +218,15 @@ def cg(
     def body(state):
         x, r, z, p, gamma, k = state
         Ap = mv(p)
-        alpha = gamma / jnp.vdot(p, Ap)
+        alpha = gamma / _vdot(p, Ap)
         x = x + alpha * p
         r = r - alpha * Ap
         z = prec(r)
-        gamma_new = jnp.vdot(r, z)
+        gamma_new = _vdot(r, z)
         p = z + (gamma_new / gamma) * p
         return x, r, z, p, gamma_new, k + 1
 
-    x, r, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, gamma0, 0))
+    x, r, *_, k = jax.lax.while_loop(cond, body, (x0, r0, z0, z0, gamma0, _zero_count(gamma0)))
     # Report the true residual, not the recursively updated one.
     r_norm = _norm(b_flat - mv(x))
     return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info)
@@ -210,8 +257,8 @@ def bicgstab(
     """
     mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
     maxiter = 10 * b_flat.size if maxiter is None else maxiter
-    r0 = b_flat - mv(x0)
-    one = jnp.ones((), b_flat.dtype)
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
+    one = jnp.ones_like(b_norm, dtype=b_flat.dtype)
     zero = jnp.zeros_like(b_flat)
 
     def cond(state):
@@ -220,22 +267,22 @@ def bicgstab(
 
     def body(state):
         x, r, rhat, p, v, rho, alpha, omega, k = state
-        rho_new = jnp.vdot(rhat, r)
+        rho_new = _vdot(rhat, r)
         beta = (rho_new / rho) * (alpha / omega)
         p = r + beta * (p - omega * v)
         phat = prec(p)
         v = mv(phat)
-        alpha = rho_new / jnp.vdot(rhat, v)
+        alpha = rho_new / _vdot(rhat, v)
         s = r - alpha * v
         shat = prec(s)
         t = mv(shat)
-        tt = jnp.vdot(t, t)
-        omega = jnp.where(tt > 0, jnp.vdot(t, s) / jnp.where(tt > 0, tt, 1), 0)
+        tt = _vdot(t, t)
+        omega = jnp.where(tt > 0, _vdot(t, s) / jnp.where(tt > 0, tt, 1), 0)
         x = x + alpha * phat + omega * shat
         r = s - omega * t
         return x, r, rhat, p, v, rho_new, alpha, omega, k + 1
 
-    init_state = (x0, r0, r0, zero, zero, one, one, one, 0)
+    init_state = (x0, r0, r0, zero, zero, one, one, one, _zero_count(b_norm))
     x, *_, k = jax.lax.while_loop(cond, body, init_state)
     r_norm = _norm(b_flat - mv(x))
     return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info)
@@ -278,14 +325,20 @@ def gmres(
     dtype = b_flat.dtype
     tiny = jnp.finfo(dtype).tiny
     eye = jnp.eye(m, dtype=dtype)
+    red = _reduced(b_flat)
 
     def cycle(x, r, budget):
         beta = _norm(r)
-        V = jnp.zeros((m + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1))
-        R = jnp.zeros((m + 1, m), dtype)  # Hessenberg matrix, rotated to upper triangular
-        g = jnp.zeros(m + 1, dtype).at[0].set(beta)  # rotated right-hand side
-        cs = jnp.zeros(m, dtype)
-        sn = jnp.zeros(m, dtype)
+        # The basis is built from r so that it carries r's sharding (rows split like
+        # the vectors, never gathered); the small matrices below are replicated.
+        V = jnp.broadcast_to(jnp.zeros_like(r)[None], (m + 1, n))
+        V = V.at[0].set(r / jnp.where(beta > 0, beta, 1))
+        # Small replicated arrays, typed like the data (see _zero_count).
+        zero = jnp.zeros_like(beta, dtype=dtype)
+        R = jnp.zeros((m + 1, m), dtype) + zero  # Hessenberg, rotated to upper triangular
+        g = (jnp.zeros(m + 1, dtype) + zero).at[0].set(beta)  # rotated right-hand side
+        cs = jnp.zeros(m, dtype) + zero
+        sn = cs
 
         def inner_cond(state):
             j, _, _, g, _, _ = state
@@ -294,9 +347,9 @@ def gmres(
         def inner_body(state):
             j, V, R, g, cs, sn = state
             w = mv(prec(V[j]))
-            h = V @ w  # rows > j of V are zero
+            h = jnp.matmul(V, w, out_sharding=red)  # rows > j of V are zero
             w = w - V.T @ h
-            h2 = V @ w  # re-orthogonalise (CGS2)
+            h2 = jnp.matmul(V, w, out_sharding=red)  # re-orthogonalise (CGS2)
             w = w - V.T @ h2
             h = h + h2
             h_next = _norm(w)
@@ -318,7 +371,8 @@ def gmres(
             g = g.at[j + 1].set(-s * g[j]).at[j].set(c * g[j])
             return j + 1, V, R.at[:, j].set(h), g, cs.at[j].set(c), sn.at[j].set(s)
 
-        k, V, R, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, (0, V, R, g, cs, sn))
+        j0 = _zero_count(beta)
+        k, V, R, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, (j0, V, R, g, cs, sn))
         active = jnp.arange(m) < k
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_k = jnp.where(active[None, :] & active[:, None], R[:m], eye)
@@ -337,7 +391,8 @@ def gmres(
         x, r, k = cycle(x, r, maxiter - it)
         return x, r, it + jnp.maximum(k, 1)
 
-    x, r, it = jax.lax.while_loop(cond, body, (x0, b_flat - mv(x0), 0))
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
+    x, r, it = jax.lax.while_loop(cond, body, (x0, r0, _zero_count(b_norm)))
     return _finish(x, _norm(r), b_norm, it, thresh, unravel, return_info)
 
 
@@ -353,31 +408,75 @@ def normal_cg(
     M: MatVec | None = None,
     return_info: bool = False,
 ):
-    """CG on the normal equations ``(AᵀA + ridge·I) x = Aᵀ b``.
+    """CG on the normal equations ``(AᵀA + ridge·I) x = Aᵀ b``: least squares.
 
-    Works for any (square) ``A``, including singular ones where it returns the
-    least-squares solution, but squares the condition number. ``Aᵀ`` is obtained by
-    ``jax.linear_transpose`` of ``matvec``. ``info`` reports the residual of the
-    original system ``‖b − A x‖``; its ``converged`` flag refers to the normal
-    equations, whose residual is what the iteration controls.
+    ``A`` may be non-square: ``matvec`` maps the space of ``x`` (``n`` numbers) to
+    the space of ``b`` (``m`` numbers), e.g. the Jacobian of an over-determined
+    optimality condition. The space of ``x`` is given by ``init`` (a pytree shaped
+    like ``x``, also the starting point); without ``init`` it is ``b``'s space
+    (square ``A``). Returns the least-squares solution ``argmin ‖b − A x‖`` (the
+    minimum-norm one from a zero start when ``A`` is rank deficient), at the price
+    of squaring the condition number. ``Aᵀ`` is ``jax.linear_transpose`` of
+    ``matvec``; ``M`` preconditions the normal equations (a map on ``x``'s space).
+
+    ``info.residual_norm`` is ``‖b − A x‖``, which need not vanish for an
+    inconsistent system; ``info.converged`` refers to the normal equations'
+    residual ``‖Aᵀ(b − A x) − ridge·x‖``, which the iteration controls.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 3 × 2
+      >>> x = normal_cg(lambda v: A @ v, jnp.array([1.0, 1.0, 0.0]), init=jnp.zeros(2))
+      >>> [round(float(v), 4) for v in x]
+      [0.3333, 0.3333]
     """
-    mv, b_flat, unravel = _flat(matvec, b)
-    rmv = jax.linear_transpose(mv, b_flat)
+    b_flat, _ = ravel_pytree(b)
+    if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
+        raise TypeError(f"normal_cg: b must be floating point, got dtype {b_flat.dtype}")
+    x_flat, unravel_x = ravel_pytree(b if init is None else init)
+    x_flat = x_flat.astype(b_flat.dtype)
+
+    def mv(x):
+        return ravel_pytree(matvec(unravel_x(x)))[0].astype(b_flat.dtype)
+
+    try:
+        out = jax.eval_shape(mv, x_flat)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "normal_cg: matvec failed on a vector shaped like "
+            + ("b; for a non-square A pass init= shaped like x" if init is None else "init")
+            + f" ({e})"
+        ) from e
+    if out.shape != b_flat.shape:
+        raise ValueError(
+            f"normal_cg: matvec maps {x_flat.size} numbers to {out.shape[0]}, but b has "
+            f"{b_flat.size}; the output of matvec must be shaped like b"
+            + ("" if init is not None else " (for a non-square A pass init= shaped like x)")
+        )
+    rmv = jax.linear_transpose(mv, x_flat)
     normal_mv = lambda x: rmv(mv(x))[0]  # noqa: E731
-    rhs = rmv(b_flat)[0]
+    prec = None if M is None else (lambda r: ravel_pytree(M(unravel_x(r)))[0].astype(r.dtype))
     x, info = cg(
-        normal_mv, rhs, init=None if init is None else ravel_pytree(init)[0],
-        tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, M=M, return_info=True,
+        normal_mv, rmv(b_flat)[0], init=None if init is None else x_flat,
+        tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, M=prec, return_info=True,
     )  # fmt: skip
-    r_norm = _norm(b_flat - mv(x))
-    info = info._replace(residual_norm=r_norm, b_norm=_norm(b_flat))
-    out = unravel(x)
+    info = info._replace(residual_norm=_norm(b_flat - mv(x)), b_norm=_norm(b_flat))
+    out = unravel_x(x)
     return (out, info) if return_info else out
 
 
-def materialize(mv: Callable[[jax.Array], jax.Array], n: int, dtype: Any) -> jax.Array:
-    """The ``n × n`` matrix of a linear map on flat vectors (``n`` matvecs, vmapped)."""
-    return jax.vmap(mv, out_axes=1)(jnp.eye(n, dtype=dtype))
+def materialize(
+    mv: Callable[[jax.Array], jax.Array], n: int, dtype: Any, like: jax.Array | None = None
+) -> jax.Array:
+    """The ``n × n`` matrix of a linear map on flat vectors (``n`` matvecs, vmapped).
+
+    ``like`` (a vector of the map's input space) gives the basis vectors its type,
+    e.g. varying over the manual axes inside ``shard_map``.
+    """
+    eye = jnp.eye(n, dtype=dtype)
+    if like is not None:
+        eye = eye + jnp.zeros_like(like, dtype=dtype)
+    return jax.vmap(mv, out_axes=1)(eye)
 
 
 def _dense(method):
@@ -395,8 +494,11 @@ def _dense(method):
         del init, maxiter  # direct solves need neither
         mv, b_flat, unravel = _flat(matvec, b)
         mv = _with_ridge(mv, ridge)
-        A = materialize(mv, b_flat.size, b_flat.dtype)
-        x = method(A, b_flat)
+        A = materialize(mv, b_flat.size, b_flat.dtype, like=b_flat)
+        # XLA's CPU factorisations have no half-precision kernels: factorise in
+        # float32 (more accurate anyway) and cast back.
+        work = jnp.promote_types(b_flat.dtype, jnp.float32)
+        x = method(A.astype(work), b_flat.astype(work)).astype(b_flat.dtype)
         if not return_info:
             return unravel(x)
         b_norm = _norm(b_flat)
@@ -409,7 +511,14 @@ def _dense(method):
 
 
 def _lu(A, b):
-    return jnp.linalg.solve(A, b)
+    # LU with partial pivoting; the row permutation is applied as a one-hot matrix
+    # product rather than the gather ``b[perm]`` of ``jnp.linalg.solve``: under
+    # ``vmap`` over an Explicit mesh axis, a gather of an unbatched ``b`` (e.g. the
+    # basis tangents of ``jacfwd``) with batched pivots has no sharding JAX can infer.
+    lu_, _, perm = jax.lax.linalg.lu(A)
+    Pb = (perm[:, None] == jnp.arange(A.shape[0])).astype(A.dtype) @ b
+    y = jax.scipy.linalg.solve_triangular(lu_, Pb, lower=True, unit_diagonal=True)
+    return jax.scipy.linalg.solve_triangular(lu_, y, lower=False)
 
 
 def _cholesky(A, b):
@@ -465,12 +574,29 @@ def auto(
     (declared by the caller, e.g. ``custom_root(..., symmetric=True)``) selects
     :func:`cg`, otherwise :func:`gmres`. Options are forwarded (``M`` and
     ``maxiter`` are dropped for the dense path).
+
+    Restarted GMRES(20) can stall on non-normal or ill-conditioned systems that a
+    direct solve handles exactly. So for ``n ≤ FULL_GMRES_MAX`` (and no ``restart``
+    given) ``auto`` runs GMRES(20) for at most ``5 × 20`` iterations and then
+    continues from its result with unrestarted GMRES (restart ``n``, at most ``n``
+    iterations in exact arithmetic, basis of ``n + 1`` vectors). When the first
+    stage converged the second does no iteration (one matvec to check), also under
+    ``vmap``.
     """
     n = sum(jnp.size(leaf) for leaf in jax.tree.leaves(b))
     if n <= DENSE_THRESHOLD:
         options = {k: v for k, v in options.items() if k not in ("M", "restart")}
         return lu(matvec, b, return_info=return_info, **options)
-    return (cg if symmetric else gmres)(matvec, b, return_info=return_info, **options)
+    if symmetric or n > FULL_GMRES_MAX or "restart" in options:
+        return (cg if symmetric else gmres)(matvec, b, return_info=return_info, **options)
+    maxiter = options.pop("maxiter", None)
+    maxiter = 10 * n if maxiter is None else maxiter
+    first = min(maxiter, 5 * _AUTO_RESTART)
+    x, info1 = gmres(matvec, b, return_info=True, maxiter=first, restart=_AUTO_RESTART, **options)
+    options["init"] = x
+    x, info2 = gmres(matvec, b, return_info=True, maxiter=maxiter, restart=n, **options)
+    info = info2._replace(iterations=info1.iterations + info2.iterations)
+    return (x, info) if return_info else x
 
 
 SOLVERS: dict[str, Callable[..., Any]] = {

@@ -118,3 +118,54 @@ def test_auto_rule():
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="expected one of"):
         ls.get_solver("qr")
+
+
+def test_normal_cg_non_square_least_squares():
+    """A maps R^4 -> R^7 (over-determined): init= gives x's space; lstsq is the oracle."""
+    A = jnp.asarray(rng.normal(size=(7, 4)))
+    b = jnp.asarray(rng.normal(size=7))
+    x, info = ls.normal_cg(lambda v: A @ v, b, init=jnp.zeros(4), return_info=True)
+    expected = np.linalg.lstsq(A, b, rcond=None)[0]
+    np.testing.assert_allclose(x, expected, rtol=1e-9)
+    assert x.shape == (4,) and bool(info.converged)
+    np.testing.assert_allclose(info.residual_norm, np.linalg.norm(b - A @ expected), rtol=1e-8)
+    # pytree x (dict) and under-determined A (3 x 4): the minimum-norm solution.
+    W = jnp.asarray(rng.normal(size=(3, 4)))
+    mv = lambda t: W @ jnp.concatenate([t["a"], t["b"]])
+    x = ls.normal_cg(mv, b[:3], init={"a": jnp.zeros(1), "b": jnp.zeros(3)}, tol=1e-13)
+    np.testing.assert_allclose(
+        jnp.concatenate([x["a"], x["b"]]), np.linalg.pinv(W) @ b[:3], rtol=1e-8
+    )
+    # Without init the operator must be square: a clear error names init=.
+    with pytest.raises(ValueError, match="init="):
+        ls.normal_cg(lambda v: A @ v, b)
+
+
+def test_auto_does_not_stall_on_ill_conditioned_nonsymmetric():
+    """n = 150 > DENSE_THRESHOLD, condition 1e4: GMRES(20) stalls; auto must still solve."""
+    n = 150
+    r = np.random.default_rng(3)
+    U, _ = np.linalg.qr(r.normal(size=(n, n)))
+    V, _ = np.linalg.qr(r.normal(size=(n, n)))
+    A = jnp.asarray(U @ np.diag(np.logspace(0, -4, n)) @ V.T)
+    b = jnp.asarray(r.normal(size=n))
+    _, stalled = ls.gmres(lambda v: A @ v, b, restart=20, maxiter=200, return_info=True)
+    assert not bool(stalled.converged)  # the failure mode auto must avoid
+    x, info = solve_jit("auto")(A, b)
+    assert bool(info.converged)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_dense_solves_in_half_precision(dtype):
+    """CPU has no half-precision factorisations: computed in float32, returned in dtype."""
+    A, b = NONSYM.astype(dtype), B.astype(dtype)
+    expected = np.linalg.solve(np.asarray(NONSYM), np.asarray(B))
+    for name in ["auto", "lu", "lstsq"]:
+        x = ls.get_solver(name)(lambda v: A @ v, b)
+        assert x.dtype == dtype
+        np.testing.assert_allclose(np.asarray(x, np.float64), expected, rtol=0.05, atol=0.05)
+    S = SPD.astype(dtype)
+    x = ls.cholesky(lambda v: S @ v, b)
+    expected = np.linalg.solve(np.asarray(SPD), np.asarray(B))
+    np.testing.assert_allclose(np.asarray(x, np.float64), expected, rtol=0.05, atol=0.05)

@@ -317,12 +317,20 @@ def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
 
         finite = jnp.all(jnp.isfinite(it.x)) & jnp.all(jnp.isfinite(it.z))
         running = finite & (k < maxiter) & (stall < _PATIENCE)
-        status = jnp.select(
-            [best_merit <= tol, p_inf, d_inf, running, best_merit <= tol**0.5],
-            [QPStatus.SOLVED, QPStatus.PRIMAL_INFEASIBLE, QPStatus.DUAL_INFEASIBLE, -1,
-             QPStatus.INACCURATE],
-            QPStatus.MAX_ITERATIONS,
-        ).astype(jnp.int32)  # fmt: skip
+        # Nested where rather than jnp.select, whose stacked literal False cannot be
+        # batched over an Explicit mesh axis (vmap of a sharded batch).
+        status = QPStatus.MAX_ITERATIONS
+        for c, v in reversed(
+            [
+                (best_merit <= tol, QPStatus.SOLVED),
+                (p_inf, QPStatus.PRIMAL_INFEASIBLE),
+                (d_inf, QPStatus.DUAL_INFEASIBLE),
+                (running, -1),
+                (best_merit <= tol**0.5, QPStatus.INACCURATE),
+            ]
+        ):
+            status = jnp.where(c, v, status)
+        status = jnp.asarray(status).astype(jnp.int32)
         return _State(it, (rd, rpe, rpi), best, best_merit, stall, k, status)
 
     # Initial point (as in CVXOPT): minimise ½xᵀQx + qᵀx + ½‖Gx − h‖² s.t. Ax = b,
@@ -382,8 +390,11 @@ def _ipm(Q, q, A, b, G, h, *, tol, maxiter, smoothing, start=None) -> _Result:
         new = body(state)
         return jax.tree.map(lambda a, b_: jnp.where(state.status < 0, a, b_), new, state)
 
-    inf = jnp.array(jnp.inf, dtype)
-    first = classify(start, start, inf, jnp.int32(0), jnp.int32(0))
+    # Scalars typed like the data, not literals: a literal has no mesh in its type,
+    # which breaks vmap over an Explicit mesh axis.
+    zero = jnp.zeros_like(jnp.sum(start.x))
+    inf, k0 = zero + jnp.inf, zero.astype(jnp.int32)
+    first = classify(start, start, inf, k0, k0)
     final = jax.lax.while_loop(cond, frozen_body, first)
     return _Result(*final.best, final.k, final.status)
 
