@@ -159,7 +159,10 @@ def _expand(F, lo, hi, f_lo, f_hi, max_expand, factor=2.0):
         f_lo, f_hi = jnp.where(up, f_hi, f_dn), jnp.where(dn, f_lo, f_up)
         return new_lo, new_hi, f_lo, f_hi, j + 1
 
-    return jax.lax.while_loop(cond, body, (lo, hi, f_lo, f_hi, jnp.zeros((), jnp.int32)))
+    # Counters typed like the data: a literal has no mesh in its type, which breaks
+    # vmap over an Explicit mesh axis.
+    j0 = jnp.zeros_like(lo, dtype=jnp.int32)
+    return jax.lax.while_loop(cond, body, (lo, hi, f_lo, f_hi, j0))
 
 
 def _bracket(F, lower, upper, max_expand):
@@ -167,7 +170,7 @@ def _bracket(F, lower, upper, max_expand):
     f_lo, f_hi = F(lo0), F(hi0)
     if max_expand:
         return _expand(F, lo0, hi0, f_lo, f_hi, max_expand)
-    return lo0, hi0, f_lo, f_hi, jnp.zeros((), jnp.int32)
+    return lo0, hi0, f_lo, f_hi, jnp.zeros_like(lo0, dtype=jnp.int32)
 
 
 def _bisect(F, lo, hi, f_lo, f_hi, *, tol, ftol, maxiter):
@@ -198,7 +201,7 @@ def _bisect(F, lo, hi, f_lo, f_hi, *, tol, ftol, maxiter):
         done = zero | adjacent | (new_hi - new_lo <= tol)
         return new_lo, new_hi, f_lo, f_hi, i + 1, done
 
-    init = (lo, hi, f_lo, f_hi, jnp.zeros((), jnp.int32), done)
+    init = (lo, hi, f_lo, f_hi, jnp.zeros_like(lo, dtype=jnp.int32), done)
     lo, hi, f_lo, f_hi, its, done = jax.lax.while_loop(cond, body, init)
     # Final false-position step inside the last bracket: exact for f linear there,
     # error O(width²) for smooth f; never leaves the bracket.

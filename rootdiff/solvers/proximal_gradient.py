@@ -186,7 +186,8 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
             eta = eta * opts.backtrack
             return eta, j + 1, ok(eta)
 
-        eta, _, good = jax.lax.while_loop(cond, body, (eta0, 0, skip | ok(eta0)))
+        j0 = jnp.zeros_like(eta0, dtype=jnp.int32)  # typed like the data (Explicit meshes)
+        eta, _, good = jax.lax.while_loop(cond, body, (eta0, j0, skip | ok(eta0)))
         return eta, ~good
 
     def body(s: _State) -> _State:
@@ -196,7 +197,7 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
         if line_search:
             eta, failed = search(s.y, g, s.eta * opts.increase, outside)
         else:
-            eta, failed = s.eta, jnp.array(False)
+            eta, failed = s.eta, jnp.zeros_like(s.eta, dtype=bool)
         x_new = step(s.y, g, eta)
         residual = _max_abs(otu.tree_sub(x_new, s.y))
         opt = residual / eta
@@ -229,7 +230,7 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
             collapsed=failed, g0=g0, grad0=grad0, opt=jnp.where(failed, jnp.inf, opt), thr=thr,
         )  # fmt: skip
         restarted = s._replace(
-            y=s.x, y_verified=jnp.array(True), t=jnp.ones_like(s.t), it=s.it + 1,
+            y=s.x, y_verified=jnp.ones_like(s.t, dtype=bool), t=jnp.ones_like(s.t), it=s.it + 1,
             eta=s.eta * opts.backtrack,
         )  # fmt: skip
         return jax.tree.map(lambda a, b: jnp.where(outside, a, b), restarted, advanced)
@@ -241,12 +242,14 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
         init = prox(init, hp, jnp.zeros((), dtype))
     x0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), init)
     eta0 = _initial_step(grad, x0, dtype) if line_search else jnp.asarray(stepsize, dtype)
-    zero = jnp.zeros((), dtype)
+    # Loop scalars typed like the data, not literals: a literal has no mesh in its
+    # type, which breaks vmap over an Explicit mesh axis.
+    zero = jnp.zeros_like(eta0, dtype=dtype)
+    true, false = zero == 0, zero != 0
     s0 = _State(
-        x=x0, y=x0, y_verified=jnp.array(True), t=jnp.ones((), dtype), eta=eta0,
-        it=jnp.zeros((), jnp.int32), done=jnp.array(False), stop=~_all_finite(x0),
-        collapsed=jnp.array(False), g0=zero, grad0=zero, opt=jnp.full((), jnp.inf, dtype),
-        thr=zero,
+        x=x0, y=x0, y_verified=true, t=zero + 1, eta=zero + eta0,
+        it=zero.astype(jnp.int32), done=false, stop=~_all_finite(x0) | false,
+        collapsed=false, g0=zero, grad0=zero, opt=zero + jnp.inf, thr=zero,
     )  # fmt: skip
     s = jax.lax.while_loop(cond, body, s0)
     # On success y is the verified point (y == x there); otherwise return the last x.
