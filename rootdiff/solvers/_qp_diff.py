@@ -24,10 +24,10 @@ from rootdiff.implicit import custom_root
 from rootdiff.solvers import _kkt
 from rootdiff.solvers.eq_qp import _sym
 
-#: Refinement steps of the active-set solves (derivatives; polishing takes more). Each
-#: multiplies the error by ``δ/(λ + δ)`` — slow only for ill-conditioned ``Q``.
-_REFINE = 10
-_REFINE_POLISH = 30
+#: Most refinement steps of the active-set solves (each multiplies the error by
+#: ``δ/(λ + δ)``: many are needed only for ill-conditioned ``Q``; they stop at rounding).
+_REFINE = 30
+_REFINE_POLISH = 50
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
