@@ -54,8 +54,8 @@ def test_infinite_bound_zero_cotangent_every_mode():
     assert np.all(np.isfinite(gh)) and float(gh[1]) == 0.0 and float(gh[0]) == 0.0
     J = jax.jacfwd(f)(h)
     assert np.all(np.isfinite(J)) and np.all(np.asarray(J) == 0.0)
-    fq = jax.jit(lambda q: rootdiff.solve_qp(Q2, q, A2, b2, G2, h) @ q)
-    np.testing.assert_allclose(jax.jit(jax.grad(fq))(q2), _fd_grad(fq, q2), atol=1e-7)
+    fq = lambda q: rootdiff.solve_qp(Q2, q, A2, b2, G2, h) @ q  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(fq))(q2), _fd_grad(jax.jit(fq), q2), atol=1e-7)
 
 
 def test_qpax_issue_qptest_with_inf_in_h():
@@ -97,15 +97,20 @@ def test_equality_only_singular_but_solvable():
     # a duplicated equality row; x = (0.5, 0.5); along the consistent direction b + t(1, 1)
     # dx₁/dt = ½ (a change of one copy alone has no derivative: finite is all we ask)
     A, b = jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 1.0])
-    eq = jax.jit(lambda Q, q, A, b: rootdiff.solve_qp(Q, q, A, b, None, None, return_info=True))
-    x, info = eq(jnp.eye(2), q2, A, b)
+
+    def eq(Q, q, A, b):
+        return rootdiff.solve_qp(Q, q, A, b, None, None, return_info=True)
+
+    x, info = jax.jit(eq)(jnp.eye(2), q2, A, b)
     assert int(info.status) == S.SOLVED
     np.testing.assert_allclose(x, [0.5, 0.5], atol=1e-9)
-    g = jax.grad(lambda b: eq(jnp.eye(2), q2, A, b)[0][0])(b)
+    g = jax.jit(jax.grad(lambda b: eq(jnp.eye(2), q2, A, b)[0][0]))(b)
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g.sum(), 0.5, atol=1e-8)
     # singular Q with q in its range: min ½(x₁ + x₂)² − 2(x₁ + x₂) s.t. x₁ = x₂ → (1, 1)
-    x, info = eq(jnp.ones((2, 2)), jnp.array([-2.0, -2.0]), jnp.array([[1.0, -1.0]]), jnp.zeros(1))
+    x, info = jax.jit(eq)(
+        jnp.ones((2, 2)), -2 * jnp.ones(2), jnp.array([[1.0, -1.0]]), jnp.zeros(1)
+    )
     assert int(info.status) == S.SOLVED
     np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-9)
 
@@ -169,7 +174,7 @@ def test_elastic_mode_feasible_and_infeasible_with_derivatives():
     G = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
     h_ok, h_bad = jnp.array([0.5, 0.0]), jnp.array([0.0, -1.0])
     Q, q = jnp.eye(2), jnp.array([-1.0, -1.0])
-    el = jax.jit(lambda h, lam: rootdiff.solve_qp(Q, q, None, None, G, h, elastic=lam))
+    el = lambda h, lam: rootdiff.solve_qp(Q, q, None, None, G, h, elastic=lam)  # noqa: E731
     # feasible, λ above the multipliers: the QP's own answer
     np.testing.assert_allclose(el(h_ok, 10.0), [0.5, 1.0], atol=1e-9)
     # infeasible: x₁ ≤ 0 and x₁ ≥ 1 → minimise ½x₁² − x₁ + λ(x₁₊ + (1 − x₁)₊): x₁ = 1 (λ=2)
@@ -179,11 +184,11 @@ def test_elastic_mode_feasible_and_infeasible_with_derivatives():
     loss = lambda h, lam: el(h, lam) @ jnp.array([1.0, 3.0])  # noqa: E731
     h_mid = jnp.array([0.0, -0.5])  # infeasible, kink-free
     for lam in (0.3,):
-        g = jax.grad(loss, argnums=(0, 1))(h_mid, lam)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)))(h_mid, lam)
         np.testing.assert_allclose(g[0], _fd_grad(lambda h: loss(h, lam), h_mid), atol=1e-6)
         gl = _fd_grad(lambda l_: loss(h_mid, l_), jnp.array(lam))
         np.testing.assert_allclose(g[1], gl, atol=1e-6)
-        J = jax.jacfwd(lambda h: el(h, lam))(h_mid)
+        J = jax.jit(jax.jacfwd(lambda h: el(h, lam)))(h_mid)
         np.testing.assert_allclose(J.T @ jnp.array([1.0, 3.0]), g[0], atol=1e-9)
 
 

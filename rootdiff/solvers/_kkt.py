@@ -107,13 +107,21 @@ class Reduced:
         return dx, dy, w * (G @ dx - rz)
 
 
-def refine(apply_inverse, matvec, rhs, steps):
+def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
     """Up to ``steps`` rounds of iterative refinement of ``apply_inverse(rhs)`` against ``matvec``.
 
     Stops early once the residual stops shrinking by half (rounding reached).
+    ``unrolled``: a Python loop of exactly ``steps`` rounds, for solves traced inside
+    ``custom_root``'s linear solve (where a ``while_loop`` closing over the outer
+    trace's values is not accepted).
     """
     d = apply_inverse(rhs)
     if steps == 0:
+        return d
+    if unrolled:
+        for _ in range(steps):
+            e = jax.tree.map(jnp.subtract, rhs, matvec(d))
+            d = jax.tree.map(jnp.add, d, apply_inverse(e))
         return d
 
     def err(d):

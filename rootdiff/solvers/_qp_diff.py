@@ -26,7 +26,7 @@ from rootdiff.solvers.eq_qp import _sym
 
 #: Most refinement steps of the active-set solves (each multiplies the error by
 #: ``δ/(λ + δ)``: many are needed only for ill-conditioned ``Q``; they stop at rounding).
-_REFINE = 30
+_REFINE = 8
 _REFINE_POLISH = 50
 
 
@@ -93,8 +93,8 @@ def active_set_solve(scaled, active, steps=_REFINE):
         dz = jnp.where(active, dz, -rz)
         return g * sc.D * dx, g * sc.EA * dy / c, g * sc.EG * dz / c
 
-    def solve(matvec, rhs, steps=steps):
-        return _kkt.refine(apply_inverse, matvec, rhs, steps)
+    def solve(matvec, rhs, steps=steps, unrolled=True):
+        return _kkt.refine(apply_inverse, matvec, rhs, steps, unrolled=unrolled)
 
     return solve
 
@@ -108,7 +108,7 @@ def polish(sol, active, data, solve):
     """
     Q, q, A, b, G, h = data
     residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, active), sol)
-    step = solve(matvec, residual, steps=_REFINE_POLISH)
+    step = solve(matvec, residual, steps=_REFINE_POLISH, unrolled=False)
     x, y, z = (v - d for v, d in zip(sol, step, strict=True))
     return x, y, jnp.where(active, z, 0.0)
 
@@ -178,6 +178,6 @@ def _central_path_solve(Q, A, G, w):
         return dx, dy, jnp.where(finite, dz, r[2])
 
     def solve(matvec, rhs):
-        return _kkt.refine(apply_inverse, matvec, rhs, 2)
+        return _kkt.refine(apply_inverse, matvec, rhs, 2, unrolled=True)
 
     return solve
