@@ -214,10 +214,46 @@ def run_general(quick: bool = False) -> list[Row]:
     return _run_batch(f"batched QP: {n_qps} x (n={n}, p={p}, m={m})", data, quick)
 
 
+def warm_start_sequence(steps: int = 20, n: int = 20, m: int = 40, drift: float = 1e-3):
+    """Iterations of ``solve_qp`` along slowly changing QPs: cold start vs ``init=``.
+
+    ``q_t = q_0 + t·drift·r`` (a random direction ``r``), other data fixed; the warm
+    start is the ``(x, info)`` of step ``t − 1``. Returns the two lists of iterations
+    and the largest difference between the warm and cold answers.
+    """
+    import rootdiff
+
+    rng = np.random.default_rng(3)
+    F = rng.standard_normal((n, n))
+    Q = jnp.asarray(F @ F.T / n + 0.1 * np.eye(n))
+    G = jnp.asarray(rng.standard_normal((m, n)))
+    h = jnp.asarray(rng.uniform(0.1, 1.0, m))
+    q0, r = (jnp.asarray(rng.standard_normal(n)) for _ in range(2))
+    cold = jax.jit(lambda q: rootdiff.solve_qp(Q, q, None, None, G, h, return_info=True))
+    warm = jax.jit(
+        lambda q, init: rootdiff.solve_qp(Q, q, None, None, G, h, init=init, return_info=True)
+    )
+    prev = cold(q0)
+    its_cold, its_warm, diff = [], [], 0.0
+    for t in range(1, steps + 1):
+        q = q0 + t * drift * r
+        xc, ic = cold(q)
+        prev = warm(q, prev)
+        its_cold.append(int(ic.iterations))
+        its_warm.append(int(prev[1].iterations))
+        diff = max(diff, float(jnp.max(jnp.abs(prev[0] - xc))))
+    return its_cold, its_warm, diff
+
+
 WORKLOADS = {"qp_nnls": run_nnls, "qp_general": run_general}
 
 if __name__ == "__main__":
     from benchmarks._common import format_table
 
     q = "--quick" in sys.argv
-    print(format_table(run_nnls(q) + run_general(q)))
+    if "--warm-start" in sys.argv:
+        c, w, d = warm_start_sequence()
+        print(f"cold iterations {c} (total {sum(c)})\nwarm iterations {w} (total {sum(w)})")
+        print(f"largest |x_warm - x_cold| = {d:.1e}")
+    else:
+        print(format_table(run_nnls(q) + run_general(q)))

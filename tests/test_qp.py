@@ -282,9 +282,11 @@ def test_maxiter_reports_not_converged():
     args = _problem(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rootdiff.ConvergenceWarning)
-        _, info = rootdiff.solve_qp(*args, maxiter=2, return_info=True)
+        _, info = rootdiff.solve_qp(*args, maxiter=0, return_info=True)
+    # (After 2 iterations this problem's active set is already right, and the
+    # polished answer is honestly "solved".)
     assert int(info.status) in (QPStatus.MAX_ITERATIONS, QPStatus.INACCURATE)
-    assert int(info.iterations) == 2 and not bool(info.converged)
+    assert int(info.iterations) == 0 and not bool(info.converged)
 
 
 def test_degenerate_constraint_gives_finite_one_sided_derivative():

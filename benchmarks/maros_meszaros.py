@@ -1,0 +1,271 @@
+r"""``solve_qp`` on the Maros–Meszaros dense subset, scored as the published QP benchmark.
+
+Run:  python benchmarks/maros_meszaros.py [--quick] [--no-grad] [--only NAME,NAME]
+      [--out results_dir]
+
+Each problem ``min ½xᵀPx + qᵀx  s.t.  l ≤ [C; I] x ≤ u`` (read from
+``../shared/maros_meszaros/*.mat``, or ``$MAROS_MESZAROS_DIR``) is converted as the
+published benchmark does: rows of ``C`` with ``u − l < 1e-10`` become ``Ax = b``;
+every other row gives ``Cx ≤ u`` and ``−Cx ≤ −l``, infinite (``|v| ≥ 9e19``) ones
+dropped; bounds become rows ``±eᵢ`` of ``G`` (infinite ones dropped).
+
+A problem is *solved* at an accuracy when ``solve_qp`` reports status 0 **and**
+its ``(x, y, z)`` meets, in absolute ∞-norms (float64, on the original data):
+
+* primal residual ``max(‖Ax − b‖∞, ‖(Gx − h)₊‖∞)``,
+* dual residual ``‖Px + q + Aᵀy + Gᵀz‖∞``,
+* duality gap ``|xᵀPx + qᵀx + bᵀy + hᵀz|``,
+
+each ``≤ 1e-9`` (high), ``≤ 1e-6`` (mid) or ``≤ 1e-3`` (low). ``solve_qp`` runs once
+per problem under ``jax.jit`` in float64 at its default tolerance (one compile per
+shape; compile and run times are reported separately).
+
+Derivatives (full mode, solved problems with ``n ≤ 100``): ``jit(grad)`` of the
+linear loss ``cᵀx`` with respect to ``(q, b, h)`` along a random direction,
+against central finite differences of the forward solve (step ``1e-6`` relative);
+reported as the relative error (meaningful where the active set is stable under the
+step, which the check verifies by comparing two finite-difference steps; where the
+active constraints are linearly dependent only ``q`` is perturbed, see
+:func:`grad_check`).
+
+``--quick`` runs 5 small problems (seconds; used in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DIR = os.environ.get(
+    "MAROS_MESZAROS_DIR", os.path.join(HERE, "..", "..", "..", "shared", "maros_meszaros")
+)
+if not os.path.isdir(DEFAULT_DIR):
+    DEFAULT_DIR = "/work/shared/maros_meszaros"
+
+QUICK = ("HS35", "HS51", "QPTEST", "ZECEVIC2", "HS76")
+LEVELS = {"high": 1e-9, "mid": 1e-6, "low": 1e-3}
+#: Published success rates (qpbenchmark 2.3.0, 61-problem dense subset), high / mid.
+PUBLISHED = {
+    "PIQP": (81, 98),
+    "ProxQP": (76, 87),
+    "SCS": (68, 74),
+    "Clarabel": (44, 50),
+    "OSQP": (42, 42),
+    "quadprog": (26, 32),
+}
+INF = 9e19
+
+
+def load(path: str):
+    """``(name, (Q, q, A, b, G, h))`` in float64 numpy, converted as described above."""
+    import scipy.io
+
+    d = scipy.io.loadmat(path)
+    n = int(np.asarray(d["n"]).squeeze())
+    m = int(np.asarray(d["m"]).squeeze())
+    P = np.asarray(d["P"].todense(), dtype=np.float64)
+    P = 0.5 * (P + P.T)  # the files hold the full symmetric matrix; keep it exactly symmetric
+    q = np.asarray(d["q"], dtype=np.float64).ravel()
+    Afull = np.asarray(d["A"].todense(), dtype=np.float64)
+    lo, up = np.asarray(d["l"], float).ravel(), np.asarray(d["u"], float).ravel()
+    C, cl, cu = Afull[: m - n], lo[: m - n], up[: m - n]
+    lb, ub = lo[m - n :], up[m - n :]
+    eq = (cu - cl) < 1e-10
+    A, b = C[eq], cu[eq]
+    rows, rhs = [], []
+    ineq = ~eq
+    keep_u = ineq & (cu < INF)
+    keep_l = ineq & (cl > -INF)
+    rows += [C[keep_u], -C[keep_l]]
+    rhs += [cu[keep_u], -cl[keep_l]]
+    eye = np.eye(n)
+    rows += [eye[ub < INF], -eye[lb > -INF]]
+    rhs += [ub[ub < INF], -lb[lb > -INF]]
+    G, h = np.concatenate(rows), np.concatenate(rhs)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return name, (P, q, A.reshape(-1, n), b, G.reshape(-1, n), h)
+
+
+def residuals(data, x, y, z):
+    """The published benchmark's three absolute residuals (∞-norms)."""
+    Q, q, A, b, G, h = data
+    x, y, z = (np.asarray(v, np.float64) for v in (x, y, z))
+    prim = max(
+        np.max(np.abs(A @ x - b), initial=0.0), np.max(np.maximum(G @ x - h, 0.0), initial=0.0)
+    )
+    dual = np.max(np.abs(Q @ x + q + A.T @ y + G.T @ z), initial=0.0)
+    gap = abs(x @ Q @ x + q @ x + b @ y + h @ z)
+    return float(prim), float(dual), float(gap)
+
+
+def _solver():
+    import rootdiff
+
+    return jax.jit(lambda *a: rootdiff.solve_qp(*a, return_info=True, check="off"))
+
+
+def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
+    args = tuple(jnp.asarray(v) for v in data)
+    t0 = time.perf_counter()
+    compiled = solve.lower(*args).compile()
+    t_compile = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))  # warm-up
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    t_run = time.perf_counter() - t0
+    x, info = out
+    prim, dual, gap = residuals(data, x, info.y, info.z)
+    status = int(info.status)
+    row = dict(
+        name=name,
+        n=len(data[1]),
+        p=len(data[3]),
+        m=len(data[5]),
+        status=status,
+        iterations=int(info.iterations),
+        primal_residual=prim,
+        dual_residual=dual,
+        gap=gap,
+        compile_s=t_compile,
+        run_s=t_run,
+        finite=bool(np.all(np.isfinite(np.asarray(x)))),
+    )
+    worst = max(prim, dual, gap) if np.isfinite([prim, dual, gap]).all() else np.inf
+    for level, tol in LEVELS.items():
+        row[level] = bool(status == 0 and worst <= tol)
+    if grad and row["mid"] and row["n"] <= 100:
+        active = np.asarray(info.z) > np.asarray(info.s)
+        E = np.concatenate([data[2], data[4][active]])
+        row["active_full_rank"] = bool(np.linalg.matrix_rank(E) == E.shape[0])
+        row["grad_rel_err"], row["fd_consistent"] = grad_check(
+            data, args, seed, q_only=not row["active_full_rank"]
+        )
+    return row
+
+
+def grad_check(data, args, seed, q_only=False):
+    """Relative error of ``jit(grad)`` of ``cᵀx`` w.r.t. ``(q, b, h)`` against central FD.
+
+    With ``q_only`` (the active constraints are linearly dependent) only ``q`` is
+    perturbed: a generic change of ``b`` or ``h`` then makes the active constraints
+    inconsistent, so the solution map is only directionally differentiable there
+    (the active set changes along the direction) and no gradient can match it.
+    """
+    import rootdiff
+
+    rng = np.random.default_rng(seed)
+    Q, q, A, b, G, h = args
+    c = jnp.asarray(rng.standard_normal(q.shape))
+    dirs = [jnp.asarray(rng.standard_normal(v.shape)) for v in (q, b, h)]
+    if q_only:
+        dirs = [dirs[0], jnp.zeros_like(b), jnp.zeros_like(h)]
+
+    def lin(q, b, h):
+        return c @ rootdiff.solve_qp(Q, q, A, b, G, h, check="off")
+
+    g = jax.jit(jax.grad(lin, argnums=(0, 1, 2)))(q, b, h)
+    analytic = float(sum(jnp.vdot(gi, di) for gi, di in zip(g, dirs)))
+    f = jax.jit(lin)
+    scale = max(1.0, float(max(jnp.max(jnp.abs(v), initial=0.0) for v in (q, b, h))))
+
+    def fd(eps):
+        plus = [v + eps * d for v, d in zip((q, b, h), dirs)]
+        minus = [v - eps * d for v, d in zip((q, b, h), dirs)]
+        return float(f(*plus) - f(*minus)) / (2 * eps)
+
+    fd1, fd2 = fd(1e-6 * scale), fd(1e-5 * scale)
+    denom = max(abs(fd1), 1e-12)
+    consistent = abs(fd1 - fd2) <= 1e-6 * max(abs(fd1), 1.0)
+    return abs(analytic - fd1) / denom, bool(consistent)
+
+
+def table(rows) -> str:
+    head = (
+        "| problem | n | p | m | status | iters | primal res | dual res | gap | high | mid "
+        "| compile s | run ms | grad err |\n" + "|---" * 14 + "|"
+    )
+    lines = [head]
+    for r in rows:
+        ge = r.get("grad_rel_err")
+        ge_s = "" if ge is None else f"{ge:.0e}" + ("" if r.get("fd_consistent") else " (kink)")
+        if ge is not None and not r.get("active_full_rank", True):
+            ge_s += " (q only)"
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['p']} | {r['m']} | {r['status']} | {r['iterations']} "
+            f"| {r['primal_residual']:.1e} | {r['dual_residual']:.1e} | {r['gap']:.1e} "
+            f"| {'✓' if r['high'] else '✗'} | {'✓' if r['mid'] else '✗'} "
+            f"| {r['compile_s']:.1f} | {1e3 * r['run_s']:.1f} | {ge_s} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows) -> str:
+    k = len(rows)
+    rates = {lv: 100.0 * sum(r[lv] for r in rows) / k for lv in LEVELS}
+    lines = [
+        f"Success rates on {k} problems: high {rates['high']:.0f} %, mid {rates['mid']:.0f} %, "
+        f"low {rates['low']:.0f} %.",
+        "",
+        "| solver | high (1e-9) | mid (1e-6) |",
+        "|---|---|---|",
+        f"| **rootdiff solve_qp** ({k} problems, this run) | {rates['high']:.0f} % "
+        f"| {rates['mid']:.0f} % |",
+    ]
+    for solver, (hi, mid) in PUBLISHED.items():
+        lines.append(f"| {solver} (published, 61 problems) | {hi} % | {mid} % |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-grad", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--dir", default=DEFAULT_DIR)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    a = ap.parse_args(argv)
+    files = sorted(glob.glob(os.path.join(a.dir, "*.mat")))
+    if not files:
+        sys.exit(f"no .mat files in {a.dir}")
+    names = set(a.only.split(",")) if a.only else (set(QUICK) if a.quick else None)
+    solve = _solver()
+    rows = []
+    for path in files:
+        name, data = load(path)
+        if names is not None and name not in names:
+            continue
+        r = run_problem(name, data, solve, grad=not (a.quick or a.no_grad))
+        rows.append(r)
+        print(
+            f"{name:10s} n={r['n']:4d} status={r['status']} it={r['iterations']:3d} "
+            f"prim={r['primal_residual']:.1e} dual={r['dual_residual']:.1e} "
+            f"gap={r['gap']:.1e} high={r['high']} mid={r['mid']} "
+            f"compile={r['compile_s']:.1f}s run={1e3 * r['run_s']:.1f}ms"
+            + (f" grad_err={r['grad_rel_err']:.1e}" if "grad_rel_err" in r else ""),
+            flush=True,
+        )
+    os.makedirs(a.out, exist_ok=True)
+    tag = "maros_meszaros_quick" if a.quick else "maros_meszaros"
+    with open(os.path.join(a.out, tag + ".json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    md = summary(rows) + "\n\n" + table(rows) + "\n"
+    with open(os.path.join(a.out, tag + ".md"), "w") as f:
+        f.write(md)
+    print()
+    print(md)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+r"""The interior-point iteration of :func:`rootdiff.solve_qp` (forward solve only).
+
+``min ½xᵀQx + qᵀx`` s.t. ``Ax = b``, ``Gx ≤ h`` is solved in four stages, all with
+fixed shapes (``jit``/``vmap``-friendly, one ``lax.while_loop``):
+
+1. **Equilibration** (:func:`equilibrate`): Ruiz scaling of the KKT matrix,
+   cost scaling, and a scaling of ``x`` for tiny right-hand sides; rows with
+   ``h_i = +inf`` (or ``≥ 1e20``) become the trivial constraint ``0 ≤ 1``.
+2. **Regularised Mehrotra predictor–corrector** (:func:`ipm`) on ``Gx + s = h``,
+   ``s ≥ 0``: every Newton system is solved with the quasi-definite regularised
+   matrix of :mod:`rootdiff.solvers._kkt` plus iterative refinement against the
+   exact one (rank-deficient ``A``, free variables, singular ``Q``).
+3. **Honest termination** on the *unscaled* residuals of the current point (see
+   :func:`merit`), or an infeasibility certificate, or ``maxiter``.
+4. **Polishing** (in :mod:`rootdiff.solvers.qp`): one Newton step on the KKT
+   conditions of the identified active set.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rootdiff.solvers import _kkt
+from rootdiff.solvers._kkt import inf_norm
+
+#: ``h_i`` at least this large is "no constraint" (OSQP/qpax users write 1e20).
+HUGE = 1e20
+#: Ruiz equilibration sweeps.
+_RUIZ = 10
+#: Fraction of the step to the boundary of ``s, z ≥ 0`` that is taken.
+_TAU = 0.995
+#: Refinement steps of the corrector.
+_REFINE = 2
+
+# Status codes (mirrored by rootdiff.QPStatus).
+SOLVED, MAX_ITERATIONS, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, INACCURATE, NON_CONVEX = range(6)
+
+
+class Scaling(NamedTuple):
+    """``x = γ D x̂``, ``y = γ E_A ŷ / c``, ``z = γ E_G ẑ / c``, ``s = γ ŝ / E_G``."""
+
+    D: jax.Array
+    EA: jax.Array
+    EG: jax.Array
+    c: jax.Array
+    gamma: jax.Array
+
+
+class Iterate(NamedTuple):
+    x: jax.Array
+    y: jax.Array
+    z: jax.Array
+    s: jax.Array
+
+
+class Result(NamedTuple):
+    x: jax.Array  # unscaled primal-dual point (z = 0 on absent rows)
+    y: jax.Array
+    z: jax.Array
+    s: jax.Array
+    k: jax.Array
+    status: jax.Array
+    active: jax.Array  # identified active set (False on absent rows)
+    scaled: tuple  # (Q̂, Â, Ĝ, Scaling) for the solves of polishing and derivatives
+
+
+def absent_rows(h):
+    """Rows of ``Gx ≤ h`` that constrain nothing: ``h_i = +inf`` or ``h_i ≥ 1e20``."""
+    return ~(h < HUGE)  # NaN counts as absent too: it cannot constrain
+
+
+def equilibrate(Q, q, A, b, G, h, absent):
+    """Scaled data ``(Q̂, q̂, Â, b̂, Ĝ, ĥ)`` and the :class:`Scaling`.
+
+    Ruiz: repeatedly divide every row and column of ``[[Q, Aᵀ, Gᵀ], [A, 0, 0],
+    [G, 0, 0]]`` by the square root of its largest entry, so that all are ≈ 1
+    (what makes 1e8 entries and the regularisation coexist). Then the cost is
+    scaled to ``max(‖Q̂‖, ‖q̂‖) ≈ 1``, and ``x`` by ``γ = min(1, ‖(b, h)‖∞)`` so that
+    tiny right-hand sides are not lost against the fixed thresholds.
+    """
+    dtype = q.dtype
+    G = jnp.where(absent[:, None], 0.0, G)
+    h = jnp.where(absent, 0.0, h)
+    n, p, m = q.shape[0], b.shape[0], h.shape[0]
+    D, EA, EG = jnp.ones(n, dtype), jnp.ones(p, dtype), jnp.ones(m, dtype)
+
+    def inv_sqrt(v):
+        return jnp.where(v > 0, 1.0 / jnp.sqrt(jnp.where(v > 0, v, 1.0)), 1.0)
+
+    def sweep(_, carry):
+        D, EA, EG, Qs, As, Gs = carry
+        col = jnp.maximum(jnp.max(jnp.abs(Qs), axis=0, initial=0.0),
+                          jnp.maximum(jnp.max(jnp.abs(As), axis=0, initial=0.0),
+                                      jnp.max(jnp.abs(Gs), axis=0, initial=0.0)))  # fmt: skip
+        d, ea, eg = (
+            inv_sqrt(col),
+            inv_sqrt(jnp.max(jnp.abs(As), axis=1, initial=0.0)),
+            inv_sqrt(jnp.max(jnp.abs(Gs), axis=1, initial=0.0)),
+        )
+        D, EA, EG = D * d, EA * ea, EG * eg
+        Qs = d[:, None] * Qs * d[None, :]
+        As = ea[:, None] * As * d[None, :]
+        Gs = eg[:, None] * Gs * d[None, :]
+        return D, EA, EG, Qs, As, Gs
+
+    D, EA, EG, Qs, As, Gs = jax.lax.fori_loop(0, _RUIZ, sweep, (D, EA, EG, Q, A, G))
+    qs, bs, hs = D * q, EA * b, EG * h
+    rhs = jnp.maximum(inf_norm(bs), inf_norm(hs))
+    gamma = jnp.where(rhs > 0, jnp.minimum(1.0, rhs), 1.0)
+    qs = qs / gamma
+    cost = jnp.maximum(inf_norm(Qs), inf_norm(qs))
+    c = jnp.where(cost > 0, 1.0 / jnp.where(cost > 0, cost, 1.0), 1.0)
+    c = jnp.clip(c, 1e-6, 1e6)
+    scaled = (c * Qs, c * qs, As, bs / gamma, Gs, jnp.where(absent, 1.0, hs / gamma))
+    return scaled, Scaling(D, EA, EG, c, gamma)
+
+
+def unscale(it: Iterate, sc: Scaling, absent) -> Iterate:
+    g, c = sc.gamma, sc.c
+    z = jnp.where(absent, 0.0, g * sc.EG * it.z / c)
+    s = jnp.where(absent, jnp.inf, g * it.s / sc.EG)
+    return Iterate(g * sc.D * it.x, g * sc.EA * it.y / c, z, s)
+
+
+def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
+    """``max`` over the three residuals of ``residual / (atol + tol · scale)``.
+
+    On the original data, absent rows excluded, per row / component:
+
+    * primal: ``|A_i x − b_i|`` and ``(G_i x − h_i)₊`` against ``max(|b_i|, ‖A_i‖∞‖x‖∞)``;
+    * dual: ``|(Qx + q + Aᵀy + Gᵀz)_j|`` against ``max(|q_j|, ‖Q_j‖∞‖x‖∞,
+      ‖A_j‖∞‖y‖∞, ‖G_j‖∞‖z‖∞)`` (``·_j``: column ``j``);
+    * gap: ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against ``max(|xᵀQx|, |qᵀx|, |bᵀy|, |hᵀz|)``.
+
+    The point meets the tolerance when the merit is ``≤ 1``. Returns the merit and
+    the three absolute residuals (∞-norms).
+    """
+    tiny = jnp.finfo(q.dtype).tiny
+    hf = jnp.where(absent, 0.0, h)
+    Gf = jnp.where(absent[:, None], 0.0, G)
+    nx, ny, nz = inf_norm(x), inf_norm(y), inf_norm(z)
+    rpe = A @ x - b
+    rpi = jnp.maximum(Gf @ x - hf, 0.0)
+    sc_e = jnp.maximum(jnp.abs(b), jnp.max(jnp.abs(A), axis=1, initial=0.0) * nx)
+    sc_i = jnp.maximum(jnp.abs(hf), jnp.max(jnp.abs(Gf), axis=1, initial=0.0) * nx)
+    Qx = Q @ x
+    rd = Qx + q + A.T @ y + Gf.T @ z
+    sc_d = jnp.maximum(
+        jnp.maximum(jnp.abs(q), jnp.max(jnp.abs(Q), axis=0, initial=0.0) * nx),
+        jnp.maximum(jnp.max(jnp.abs(A), axis=0, initial=0.0) * ny,
+                    jnp.max(jnp.abs(Gf), axis=0, initial=0.0) * nz),
+    )  # fmt: skip
+    terms = jnp.stack([x @ Qx, q @ x, b @ y, hf @ z])
+    gap = jnp.abs(jnp.sum(terms))
+
+    def ratio(r, s):
+        return jnp.max(r / jnp.maximum(atol + tol * s, tiny), initial=0.0)
+
+    value = jnp.max(jnp.stack([
+        ratio(jnp.abs(rpe), sc_e), ratio(rpi, sc_i), ratio(jnp.abs(rd), sc_d),
+        gap / jnp.maximum(atol + tol * jnp.max(jnp.abs(terms)), tiny),
+    ]))  # fmt: skip
+    value = jnp.where(jnp.isnan(value), jnp.inf, value)
+    prim = jnp.maximum(inf_norm(rpe), inf_norm(rpi))
+    return value, (prim, inf_norm(rd), gap)
+
+
+def is_convex(Qs):
+    """Whether the (scaled, ``‖Q̂‖ ≤ 1``) ``Q̂`` is positive semidefinite up to ``eps^0.4``.
+
+    A Cholesky (unrolled LDLᵀ for small ``n``) of ``Q̂ + eps^0.4 I``.
+    """
+    n = Qs.shape[0]
+    if n == 0:
+        return jnp.array(True)
+    shift = float(jnp.finfo(Qs.dtype).eps) ** 0.4
+    M = Qs + shift * jnp.eye(n, dtype=Qs.dtype)
+    if n <= _kkt.SMALL:
+        _, d = _kkt.ldl_factor(M)
+        return jnp.all(d > 0)
+    return jnp.all(jnp.isfinite(jnp.linalg.cholesky(M)))
+
+
+def _max_step(v, dv):
+    """Largest α ∈ (0, 1] with v + α dv ≥ 0 (v > 0)."""
+    ratio = jnp.where(dv < 0, -v / jnp.where(dv < 0, dv, -1.0), jnp.inf)
+    return jnp.minimum(1.0, jnp.min(ratio, initial=jnp.inf))
+
+
+class _State(NamedTuple):
+    it: Iterate
+    best: Iterate
+    merit: jax.Array
+    k: jax.Array
+    status: jax.Array  # -1 while running
+
+
+def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
+    """Run stages 1–3 on ``Q`` (symmetric), ``q, A, b, G, h`` (no gradients flow here).
+
+    ``init``: an optional unscaled :class:`Iterate` (warm start); it is pushed into
+    the interior (``s, z ≥ 1e-2`` in scaled units) before use.
+    """
+    dtype = q.dtype
+    m = h.shape[0]
+    absent = absent_rows(h)
+    infeasible_row = h == -jnp.inf
+    h0 = jnp.where(infeasible_row, 0.0, h)
+    (Qs, qs, As, bs, Gs, hs), sc = equilibrate(Q, q, A, b, G, h0, absent)
+    reg = _kkt.regularisation(dtype)
+    eps_inf = max(tol, float(jnp.finfo(dtype).eps) ** 0.5 * 1e-1)
+    convex = is_convex(Qs)
+
+    def measure(it):
+        u = unscale(it, sc, absent)
+        return merit(Q, q, A, b, G, h, absent, u.x, u.y, u.z, tol, atol)[0]
+
+    def classify(it, best, best_merit, k):
+        value = measure(it)
+        improved = value < best_merit
+        best = jax.tree.map(lambda a, b_: jnp.where(improved, a, b_), it, best)
+        best_merit = jnp.minimum(value, best_merit)
+        # Infeasibility certificates on the scaled iterates, which diverge along them:
+        # primal (Farkas) — z ≥ 0, Âᵀy + Ĝᵀz ≈ 0, b̂ᵀy + ĥᵀz < 0;
+        # dual — Q̂x ≈ 0, Âx ≈ b̂-bounded, Ĝx ≤ ĥ-bounded, q̂ᵀx < 0.
+        t_p = -(jnp.dot(bs, it.y) + jnp.dot(hs, it.z))
+        p_inf = (t_p > 0) & (inf_norm(As.T @ it.y + Gs.T @ it.z) <= eps_inf * t_p)
+        t_d = -jnp.dot(qs, it.x)
+        Gx_pos = jnp.max(jnp.maximum(Gs @ it.x, 0.0), initial=0.0)
+        d_inf = (t_d > 0) & (
+            jnp.maximum(jnp.maximum(inf_norm(Qs @ it.x), inf_norm(As @ it.x)), Gx_pos)
+            <= eps_inf * t_d
+        )
+        finite = jnp.all(jnp.isfinite(it.x)) & jnp.all(jnp.isfinite(it.z))
+        status = jnp.select(
+            [~convex, best_merit <= 1.0, jnp.any(infeasible_row) | p_inf, d_inf,
+             finite & (k < maxiter)],
+            [NON_CONVEX, SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, -1],
+            MAX_ITERATIONS,
+        ).astype(jnp.int32)  # fmt: skip
+        return _State(it, best, best_merit, k, status)
+
+    # Initial point: x from min ½xᵀQx + qᵀx + ½‖Gx − h_c‖² s.t. Ax = b (h clipped so
+    # that loose bounds do not pull it away), then s, z > 0 with s ⊙ z ≥ 1.
+    if init is None:
+        hc = jnp.clip(hs, -1e3, 1e3)
+        x0, y0, _ = _kkt.Reduced(Qs, As, Gs, jnp.ones_like(hs), reg).apply_inverse((-qs, bs, hc))
+        r = hs - Gs @ x0
+        s0 = jnp.maximum(r, 1.0)
+        z0 = jnp.maximum(-r, 1.0) / s0
+        start = Iterate(x0, y0, z0, s0)
+    else:
+        g, c = sc.gamma, sc.c
+        s_in = jnp.where(absent, 1.0, init.s * sc.EG / g)
+        start = Iterate(init.x / (g * sc.D), c * init.y / (g * sc.EA),
+                        jnp.maximum(c * init.z / (g * sc.EG), 1e-2),
+                        jnp.maximum(jnp.where(jnp.isfinite(s_in), s_in, 1.0), 1e-2))  # fmt: skip
+
+    def matvec(z, s):
+        D = s / z
+
+        def mv(d):
+            dx, dy, dz = d
+            return (Qs @ dx + As.T @ dy + Gs.T @ dz, As @ dx, Gs @ dx - D * dz)
+
+        return mv
+
+    def body(state):
+        x, y, z, s = state.it
+        rd = Qs @ x + qs + As.T @ y + Gs.T @ z
+        rpe, rpi = As @ x - bs, Gs @ x + s - hs
+        red = _kkt.Reduced(Qs, As, Gs, s / z, reg)
+        mv = matvec(z, s)
+
+        def newton(r4, steps):
+            # Q dx + Aᵀdy + Gᵀdz = −rd, A dx = −rpe, G dx + ds = −rpi, z ds + s dz = −r4.
+            rhs = (-rd, -rpe, -rpi + r4 / z)
+            dx, dy, dz = _kkt.refine(red.apply_inverse, mv, rhs, steps)
+            return dx, dy, dz, (-r4 - s * dz) / z
+
+        if m == 0:
+            dx, dy, dz, ds = newton(s * z, _REFINE)
+        else:
+            mu = jnp.dot(s, z) / m
+            _, _, dz, ds = newton(s * z, 0)  # predictor (affine scaling)
+            a_aff = jnp.minimum(_max_step(s, ds), _max_step(z, dz))
+            mu_aff = jnp.dot(s + a_aff * ds, z + a_aff * dz) / m
+            sigma = jnp.clip(mu_aff / jnp.maximum(mu, jnp.finfo(dtype).tiny), 0.0, 1.0) ** 3
+            dx, dy, dz, ds = newton(s * z + ds * dz - sigma * mu, _REFINE)  # corrector
+        alpha = jnp.minimum(1.0, _TAU * jnp.minimum(_max_step(s, ds), _max_step(z, dz)))
+        new = Iterate(x + alpha * dx, y + alpha * dy, z + alpha * dz, s + alpha * ds)
+        return classify(new, state.best, state.merit, state.k + 1)
+
+    def frozen_body(state):
+        # Under vmap the loop runs until every problem is done; finished ones keep state.
+        new = body(state)
+        return jax.tree.map(lambda a, b_: jnp.where(state.status < 0, a, b_), new, state)
+
+    first = classify(start, start, jnp.array(jnp.inf, dtype), jnp.int32(0))
+    final = jax.lax.while_loop(lambda st: st.status < 0, frozen_body, first)
+    # A diverging iterate is the certificate; otherwise the most accurate one is returned.
+    certificate = (final.status == PRIMAL_INFEASIBLE) | (final.status == DUAL_INFEASIBLE)
+    chosen = jax.tree.map(lambda a, b_: jnp.where(certificate, a, b_), final.it, final.best)
+    active = (chosen.z > chosen.s) & ~absent
+    u = unscale(chosen, sc, absent)
+    return Result(u.x, u.y, u.z, u.s, final.k, final.status, active, (Qs, As, Gs, sc))

@@ -1,0 +1,183 @@
+r"""Optimality functions of the QP, the active-set linear solve, polishing, and the
+attachment of exact derivatives through :func:`rootdiff.custom_root`.
+
+On the active set ``a`` identified at the solution the KKT conditions are
+
+.. math::  F(x, y, z) = \begin{bmatrix} Qx + q + A^⊤y + G^⊤(a ⊙ z) \\ Ax − b \\
+           a ⊙ (Gx − h) − (1 − a) ⊙ z \end{bmatrix} = 0,
+
+linear in ``(x, y, z)`` with the symmetric Jacobian
+``[[Q, Aᵀ, G_aᵀ], [A, 0, 0], [G_a, 0, −diag(1 − a)]]``. It is solved in the
+equilibrated coordinates of the interior point (:mod:`rootdiff.solvers._ipm`)
+with the regularised reduced matrix of :mod:`rootdiff.solvers._kkt`, refined
+against the exact ``F``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rootdiff.implicit import custom_root
+from rootdiff.solvers import _kkt
+from rootdiff.solvers.eq_qp import _sym
+
+#: Most refinement steps of the active-set solves (each multiplies the error by
+#: ``δ/(λ + δ)``: many are needed only for ill-conditioned ``Q``; they stop at rounding).
+_REFINE = 8
+_REFINE_POLISH = 50
+
+
+def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
+    """KKT residual of the QP on an identified active set (the exact optimality function).
+
+    ``active`` is a boolean ``(m,)`` mask; ``a`` below is its 0/1 value, ``ā = 1 − a``:
+
+    .. math::  F(x, y, z) = \\begin{bmatrix} Q_s x + q + A^⊤y + G^⊤(a ⊙ z) \\\\ Ax − b
+               \\\\ a ⊙ (Gx − h) − ā ⊙ z \\end{bmatrix}
+
+    with ``Q_s = (Q + Qᵀ)/2``. Under strict complementarity the QP's solution is a
+    root of ``F`` and the solution map's derivative is ``−(∂F)⁻¹ ∂_θF``. Inactive
+    rows (including ``h_i = ±inf``) depend on neither ``G_i`` nor ``h_i``: they get
+    zero cotangents.
+    """
+    x, y, z = primal_dual
+    z_active = jnp.where(active, z, 0.0)
+    G_active = jnp.where(active[:, None], G, 0.0)
+    return (
+        _sym(Q) @ x + q + A.T @ y + G_active.T @ z_active,
+        A @ x - b,
+        jnp.where(active, G_active @ x - jnp.where(active, h, 0.0), -z),
+    )
+
+
+def qp_central_path_residual(primal_dual, Q, q, A, b, G, h, smoothing, balanced=False):
+    """KKT residual of the log-barrier problem: the central path at ``μ = smoothing``.
+
+    ``F = (Q_s x + q + Aᵀy + Gᵀz, Ax − b, d ⊙ (z ⊙ (Gx − h) + κ))`` with ``κ =
+    smoothing`` and a constant (non-differentiated) row scaling ``d``: ``1/z``
+    (``balanced=False``, symmetric ``∂F``) or ``1/(z + |Gx − h|)`` (rows of unit
+    size, for generic dense solvers). Rows with ``h_i = +inf`` are dropped.
+    """
+    x, y, z = primal_dual
+    finite = jnp.isfinite(h)
+    G = jnp.where(finite[:, None], G, 0.0)
+    z = jnp.where(finite, z, 0.0)
+    r = G @ x - jnp.where(finite, h, 0.0)
+    denom = z + jnp.abs(r) if balanced else z
+    scale = jax.lax.stop_gradient(1.0 / jnp.maximum(denom, jnp.finfo(r.dtype).tiny))
+    last = jnp.where(finite, scale * (z * r + smoothing), primal_dual[2])
+    return _sym(Q) @ x + q + A.T @ y + G.T @ z, A @ x - b, last
+
+
+def active_set_solve(scaled, active, steps=_REFINE):
+    """``solve(matvec, r)`` for the active-set Jacobian, factorised once.
+
+    ``scaled = (Q̂, Â, Ĝ, scaling)`` from the interior point: the system is mapped to
+    the equilibrated coordinates (``J = S Ĵ T⁻¹`` with diagonal ``S``, ``T``),
+    solved there with the regularised reduced matrix (active rows as equalities,
+    inactive ones eliminated), mapped back, then refined ``steps`` times against
+    the exact ``matvec`` it is given (so transposed systems work: ``J`` is symmetric).
+    """
+    Qs, As, Gs, sc = scaled
+    g, c = sc.gamma, sc.c
+    red = _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
+    row_i = jnp.where(active, g / sc.EG, g * sc.EG / c)
+
+    def apply_inverse(r):
+        # S⁻¹ r, with S = diag((γ/c)/D, γ/E_A, row_i) the scaling of F's blocks.
+        rx, ry, rz = r[0] * sc.D * c / g, r[1] * sc.EA / g, r[2] / row_i
+        dx, dy, dz = red.apply_inverse((rx, ry, jnp.where(active, rz, 0.0)))
+        dz = jnp.where(active, dz, -rz)
+        return g * sc.D * dx, g * sc.EA * dy / c, g * sc.EG * dz / c
+
+    def solve(matvec, rhs, steps=steps, unrolled=True):
+        return _kkt.refine(apply_inverse, matvec, rhs, steps, unrolled=unrolled)
+
+    return solve
+
+
+def polish(sol, active, data, solve):
+    """One Newton step on :func:`qp_kkt_residual` from the interior point's answer.
+
+    On a fixed active set the KKT conditions are linear, so one step solves the
+    equality-constrained QP of that set to rounding. The caller keeps the step only
+    where it stays optimal and is more accurate.
+    """
+    Q, q, A, b, G, h = data
+    residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, active), sol)
+    step = solve(matvec, residual, steps=_REFINE_POLISH, unrolled=False)
+    x, y, z = (v - d for v, d in zip(sol, step, strict=True))
+    return x, y, jnp.where(active, z, 0.0)
+
+
+def _flagged(residual):
+    """``residual`` plus ``+inf`` where the solver reported failure (``ok`` False).
+
+    This routes solve_qp's status through custom_root's ``check``: a failed problem
+    is not a root of the optimality function, so ``check="nan"`` poisons it (and its
+    derivatives) like any other unconverged root.
+    """
+
+    def F(primal_dual, *args):
+        *args, ok = args
+        r = residual(primal_dual, *args)
+        bad = jnp.where(ok, 0.0, jnp.inf).astype(r[0].dtype)
+        return (r[0] + bad, *r[1:])
+
+    return F
+
+
+def differentiable(sol, inputs, *, ok, active=None, solve=None, smoothing=0.0, s=None,
+                   diff_solve=None, check="off"):  # fmt: skip
+    """Attach the implicit derivative to ``sol = (x, y, z)`` via :func:`custom_root`.
+
+    ``smoothing = 0``: :func:`qp_kkt_residual` on ``active``, solved by ``solve``
+    (:func:`active_set_solve`) unless ``diff_solve`` names another linear solver.
+    ``smoothing > 0``: :func:`qp_central_path_residual` (``s``: slacks of ``sol``).
+    ``check`` is custom_root's, applied to problems with ``ok`` False.
+    """
+    if smoothing == 0:
+        residual, extra = qp_kkt_residual, (active,)
+    else:
+        residual, extra = qp_central_path_residual, (float(smoothing),)
+        if diff_solve is None:
+            G = inputs[4]
+            x, _, z = sol
+            w = z / s
+            solve = _central_path_solve(inputs[0], inputs[2], G, w)
+        else:
+            residual = functools.partial(qp_central_path_residual, balanced=True)
+    symmetric = diff_solve is None
+    if diff_solve is not None:
+        solve = diff_solve
+    dtype = sol[0].dtype
+    tol = float(jnp.finfo(dtype).max)
+
+    @custom_root(_flagged(residual), solve=solve, symmetric=symmetric, check=check,
+                 residual_tol=tol)  # fmt: skip
+    def solver(_init, *args):
+        return sol
+
+    return solver(None, *inputs, *extra, jax.lax.stop_gradient(ok))
+
+
+def _central_path_solve(Q, A, G, w):
+    """Solve for the central-path Jacobian ``[[Q, Aᵀ, Gᵀ], [A, 0, 0], [G, 0, −1/w]]``."""
+    sg = jax.lax.stop_gradient
+    Q, A, G, w = sg(_sym(Q)), sg(A), sg(G), sg(w)
+    finite = jnp.isfinite(w) & (w > 0)
+    G = jnp.where(finite[:, None], G, 0.0)
+    red = _kkt.Reduced(Q, A, G, jnp.where(finite, 1.0 / jnp.where(finite, w, 1.0), jnp.inf),
+                       _kkt.regularisation(Q.dtype))  # fmt: skip
+
+    def apply_inverse(r):
+        dx, dy, dz = red.apply_inverse(r)
+        return dx, dy, jnp.where(finite, dz, r[2])
+
+    def solve(matvec, rhs):
+        return _kkt.refine(apply_inverse, matvec, rhs, 2, unrolled=True)
+
+    return solve

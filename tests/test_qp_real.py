@@ -1,0 +1,235 @@
+"""solve_qp on the inputs real users bring: infinite and huge bounds, badly scaled data,
+non-convex Q, singular equality systems, infeasible and unbounded problems (each
+status), the elastic mode, warm starts, qpax-style calls and Maros–Meszaros problems.
+
+Every derivative is checked against central finite differences or a closed form.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rootdiff
+from rootdiff import QPStatus
+
+S = QPStatus
+# One jitted entry point for most tests (one compile per shape).
+info_off = jax.jit(lambda *a: rootdiff.solve_qp(*a, return_info=True, check="off"))
+
+# The issue's two-variable problem: exact answer (0.25, 0.75) while x₁ ≤ 0.3 is inactive.
+Q2 = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+q2 = jnp.array([-1.0, -1.0])
+A2, b2 = jnp.array([[1.0, 1.0]]), jnp.array([1.0])
+G2 = jnp.eye(2)
+
+
+def _fd_grad(f, x, eps=1e-6):
+    x = np.asarray(x, float)
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e.flat[i] = eps
+        g.flat[i] = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * eps)
+    return g
+
+
+def test_loose_and_infinite_bounds():
+    # inf, 1e20 ("no bound" as OSQP/qpax users write it) and a real but loose 1e10
+    hs = jnp.array([[0.3, jnp.inf], [0.3, 1e20], [0.3, 1e10], [0.3, 0.7]])
+    xs, info = jax.vmap(info_off, in_axes=(None, None, None, None, None, 0))(Q2, q2, A2, b2, G2, hs)
+    np.testing.assert_allclose(xs, [[0.25, 0.75]] * 3 + [[0.3, 0.7]], atol=1e-10)
+    assert np.all(np.asarray(info.status) == S.SOLVED)
+
+
+def test_infinite_bound_zero_cotangent_every_mode():
+    h = jnp.array([0.3, jnp.inf])
+
+    def f(h):
+        return rootdiff.solve_qp(Q2, q2, A2, b2, G2, h)
+
+    gh = jax.jit(jax.grad(lambda h: f(h) @ jnp.array([1.0, 2.0])))(h)
+    assert np.all(np.isfinite(gh)) and float(gh[1]) == 0.0 and float(gh[0]) == 0.0
+    J = jax.jacfwd(f)(h)
+    assert np.all(np.isfinite(J)) and np.all(np.asarray(J) == 0.0)
+    fq = lambda q: rootdiff.solve_qp(Q2, q, A2, b2, G2, h) @ q  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(fq))(q2), _fd_grad(jax.jit(fq), q2), atol=1e-7)
+
+
+def test_qpax_issue_qptest_with_inf_in_h():
+    # Maros–Meszaros QPTEST as posed in qpax's bug reports (x₂ ≤ +inf); qpax's answer.
+    Q = jnp.array([[8.0, 2.0], [2.0, 10.0]])
+    q = jnp.array([1.5, -2.0])
+    G = jnp.array([[-1.0, 2.0], [-2.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    h = jnp.array([6.0, -2.0, 20.0, jnp.inf, 0.0, 0.0])
+    x, info = info_off(Q, q, jnp.zeros((0, 2)), jnp.zeros(0), G, h)
+    np.testing.assert_allclose(x, [0.7625, 0.4750], atol=1e-10)
+    assert int(info.status) == S.SOLVED
+    g = jax.grad(lambda h: rootdiff.solve_qp(Q, q, None, None, G, h).sum())(h)
+    assert np.all(np.isfinite(g)) and float(g[3]) == 0.0
+
+
+def test_tiny_data_is_scaled_not_lost():
+    s = 1e-8
+    h = jnp.array([0.3, 1.0]) * s
+    x, info = info_off(Q2, q2 * s, A2, b2 * s, G2, h)
+    np.testing.assert_allclose(x / s, [0.25, 0.75], atol=1e-8)
+    assert int(info.status) == S.SOLVED
+    # dx/dq of the equality-constrained problem: −P Q⁻¹-like closed form via a KKT solve
+    K = jnp.block([[Q2, A2.T], [A2, jnp.zeros((1, 1))]])
+    dxdq = -jnp.linalg.inv(K)[:2, :2]
+    J = jax.jacobian(lambda q: rootdiff.solve_qp(Q2, q, A2, b2 * s, G2, h))(q2 * s)
+    np.testing.assert_allclose(J, dxdq, atol=1e-8)
+
+
+def test_non_convex_is_reported():
+    box_G = jnp.concatenate([jnp.eye(2), -jnp.eye(2)])
+    _, info = info_off(jnp.diag(jnp.array([1.0, -1.0])), q2, jnp.zeros((0, 2)), jnp.zeros(0),
+                       box_G, jnp.ones(4))  # fmt: skip
+    assert int(info.status) == S.NON_CONVEX
+    _, info = rootdiff.solve_qp(-jnp.eye(2), q2, return_info=True, check="off")
+    assert int(info.status) == S.NON_CONVEX
+
+
+def test_equality_only_singular_but_solvable():
+    # a duplicated equality row; x = (0.5, 0.5); along the consistent direction b + t(1, 1)
+    # dx₁/dt = ½ (a change of one copy alone has no derivative: finite is all we ask)
+    A, b = jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 1.0])
+
+    def eq(Q, q, A, b):
+        return rootdiff.solve_qp(Q, q, A, b, None, None, return_info=True)
+
+    x, info = jax.jit(eq)(jnp.eye(2), q2, A, b)
+    assert int(info.status) == S.SOLVED
+    np.testing.assert_allclose(x, [0.5, 0.5], atol=1e-9)
+    g = jax.jit(jax.grad(lambda b: eq(jnp.eye(2), q2, A, b)[0][0]))(b)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g.sum(), 0.5, atol=1e-8)
+    # singular Q with q in its range: min ½(x₁ + x₂)² − 2(x₁ + x₂) s.t. x₁ = x₂ → (1, 1)
+    x, info = jax.jit(eq)(
+        jnp.ones((2, 2)), -2 * jnp.ones(2), jnp.array([[1.0, -1.0]]), jnp.zeros(1)
+    )
+    assert int(info.status) == S.SOLVED
+    np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-9)
+
+
+def test_every_status_on_constructed_problems():
+    e = jnp.zeros((0, 2)), jnp.zeros(0)
+    # contradicting equalities x₁ = 0, x₁ = 1
+    _, info = info_off(jnp.eye(2), q2, jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.array([0.0, 1.0]),
+                       *e)  # fmt: skip
+    assert int(info.status) == S.PRIMAL_INFEASIBLE
+    # contradicting inequalities x₁ ≤ 0, x₁ ≥ 1, for several q
+    for q in ([-1.0, -1.0], [1.0, 0.0], [0.0, 5.0]):
+        _, info = info_off(jnp.eye(2), jnp.asarray(q), *e, jnp.array([[1.0, 0.0], [-1.0, 0.0]]),
+                           jnp.array([0.0, -1.0]))  # fmt: skip
+        assert int(info.status) == S.PRIMAL_INFEASIBLE
+    # a free descent direction: min −x₂ s.t. x₁ ≤ 0 (Q = 0)
+    _, info = info_off(jnp.zeros((2, 2)), jnp.array([0.0, -1.0]), *e, jnp.array([[1.0, 0.0]]),
+                       jnp.array([0.0]))  # fmt: skip
+    assert int(info.status) == S.DUAL_INFEASIBLE
+    # iteration limit
+    _, info = rootdiff.solve_qp(Q2, q2, A2, b2, G2, jnp.array([0.3, 1.0]), maxiter=1,
+                                return_info=True, check="off")  # fmt: skip
+    assert int(info.status) in (S.MAX_ITERATIONS, S.INACCURATE)
+    assert int(info.status) != S.SOLVED
+
+
+def test_unbounded_warning_is_informative():
+    with pytest.warns(rootdiff.ConvergenceWarning) as rec:
+        rootdiff.solve_qp(jnp.zeros((2, 2)), jnp.array([0.0, -1.0]), None, None,
+                          jnp.array([[1.0, 0.0]]), jnp.array([0.0]))  # fmt: skip
+    msg = str(rec[0].message)
+    assert "unbounded" in msg and "residual 0.000e+00" not in msg
+
+
+def test_check_nan_poisons_value():
+    G = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
+    h = jnp.array([0.0, -1.0])
+    x = rootdiff.solve_qp(jnp.eye(2), q2, None, None, G, h, check="nan")
+    assert np.all(np.isnan(x))
+
+
+def test_qpax_style_calls_and_messages():
+    # 1-D A and G for one row; None for absent constraints
+    x = rootdiff.solve_qp(Q2, q2, jnp.array([1.0, 1.0]), jnp.array([1.0]), jnp.array([1.0, 0.0]),
+                          jnp.array(0.3))  # fmt: skip
+    np.testing.assert_allclose(x, [0.25, 0.75], atol=1e-10)
+    with pytest.raises(ValueError, match=r"Q has shape \(2, 2\).*q of shape \(3,\)"):
+        rootdiff.solve_qp(Q2, jnp.ones(3), None, None, None, None)
+    # jax.jit of the function itself, with the info
+    x, info = jax.jit(rootdiff.solve_qp)(
+        Q2, q2, A2, b2, G2, jnp.array([0.3, 1.0]), return_info=True
+    )
+    assert int(info.status) == S.SOLVED
+    # qpax's absolute tolerance semantics
+    _, info = rootdiff.solve_qp(Q2, q2, A2, b2, G2, jnp.array([0.3, 1.0]), tol=0.0, atol=1e-9,
+                                return_info=True)  # fmt: skip
+    assert max(float(info.primal_residual), float(info.dual_residual), float(info.gap)) <= 1e-9
+
+
+def test_elastic_mode_feasible_and_infeasible_with_derivatives():
+    G = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
+    h_ok, h_bad = jnp.array([0.5, 0.0]), jnp.array([0.0, -1.0])
+    Q, q = jnp.eye(2), jnp.array([-1.0, -1.0])
+    el = lambda h, lam: rootdiff.solve_qp(Q, q, None, None, G, h, elastic=lam)  # noqa: E731
+    # feasible, λ above the multipliers: the QP's own answer
+    np.testing.assert_allclose(el(h_ok, 10.0), [0.5, 1.0], atol=1e-9)
+    # infeasible: x₁ ≤ 0 and x₁ ≥ 1 → minimise ½x₁² − x₁ + λ(x₁₊ + (1 − x₁)₊): x₁ = 1 (λ=2)
+    x = el(h_bad, 2.0)
+    np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-8)
+    # derivatives (grad, jacfwd) against finite differences, w.r.t. h and λ
+    loss = lambda h, lam: el(h, lam) @ jnp.array([1.0, 3.0])  # noqa: E731
+    h_mid = jnp.array([0.0, -0.5])  # infeasible, kink-free
+    for lam in (0.3,):
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)))(h_mid, lam)
+        np.testing.assert_allclose(g[0], _fd_grad(lambda h: loss(h, lam), h_mid), atol=1e-6)
+        gl = _fd_grad(lambda l_: loss(h_mid, l_), jnp.array(lam))
+        np.testing.assert_allclose(g[1], gl, atol=1e-6)
+        J = jax.jit(jax.jacfwd(lambda h: el(h, lam)))(h_mid)
+        np.testing.assert_allclose(J.T @ jnp.array([1.0, 3.0]), g[0], atol=1e-9)
+
+
+def test_warm_start_saves_iterations_and_has_zero_derivative():
+    rng = np.random.default_rng(0)
+    n, m = 6, 10
+    F = rng.normal(size=(n, n))
+    Q = jnp.asarray(F @ F.T + np.eye(n))
+    G = jnp.asarray(rng.normal(size=(m, n)))
+    h = jnp.asarray(rng.uniform(0.1, 1.0, m))
+    q0 = jnp.asarray(rng.normal(size=n))
+    solve = jax.jit(lambda q, init: rootdiff.solve_qp(Q, q, None, None, G, h, init=init,
+                                                       return_info=True))  # fmt: skip
+    cold = jax.jit(lambda q: rootdiff.solve_qp(Q, q, None, None, G, h, return_info=True))
+    x, info = cold(q0)
+    q1 = q0 + 1e-3
+    xw, iw = solve(q1, (x, info))
+    xc, ic = cold(q1)
+    np.testing.assert_allclose(xw, xc, atol=1e-9)
+    assert int(iw.status) == S.SOLVED
+    assert int(iw.iterations) < int(ic.iterations)
+    g_init = jax.grad(lambda x0: solve(q1, (x0, info))[0].sum())(x)
+    assert np.all(np.asarray(g_init) == 0.0)
+
+
+MM_DIR = os.environ.get("MAROS_MESZAROS_DIR", "/work/shared/maros_meszaros")
+
+
+@pytest.mark.parametrize("name", ["HS35", "HS118"])
+def test_maros_meszaros_small_solved_and_derivatives_match_fd(name):
+    pytest.importorskip("scipy.io")
+    path = os.path.join(MM_DIR, name + ".mat")
+    if not os.path.exists(path):
+        pytest.skip("Maros–Meszaros problems not available")
+    from benchmarks.maros_meszaros import grad_check, load, residuals
+
+    _, data = load(path)
+    args = tuple(jnp.asarray(v) for v in data)
+    x, info = info_off(*args)
+    assert int(info.status) == S.SOLVED
+    assert max(residuals(data, x, info.y, info.z)) <= 1e-9
+    err, consistent = grad_check(data, args, seed=0)
+    assert consistent
+    assert err <= 1e-6
