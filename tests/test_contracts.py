@@ -10,8 +10,6 @@ JAX's own ``custom_root`` tests are written. References: closed forms
 ``jax.grad`` (itself checked against finite differences in their own modules).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,21 +92,25 @@ def _scan_remat(f):
     return total
 
 
-def _check_compositions(f, theta, rtol=1e-6):
-    """``f`` through jit-outside-grad, grad-of-scan with remat and vmap-of-scan,
-    against ``grad`` of the same scan written without ``jax.lax.scan``."""
-    ref = jax.grad(lambda t: f(t) + f(t * 1.1))(theta)
-    close(jax.grad(jax.jit(f))(theta), jax.grad(f)(theta), rtol=rtol)
-    batch = jnp.stack([theta, theta])
-    got = jax.vmap(jax.grad(_scan_remat(f)))(batch)
-    close(got, jnp.stack([ref, ref]), rtol=rtol)
+def _check_compositions(f, theta, ref_grad=None, rtol=1e-6):
+    """``f`` through jit-outside-grad, grad-of-scan with remat and vmap-of-scan.
+
+    References: ``ref_grad`` (a closed form) or ``jit(grad(f))``; the scan's is the
+    same gradient at the two points the scan visits.
+    """
+    grad_jit = jax.grad(jax.jit(f))
+    ref = jax.jit(jax.grad(f)) if ref_grad is None else ref_grad
+    close(grad_jit(theta), ref(theta), rtol=rtol)
+    scan_ref = ref(theta) + 1.1 * ref(theta * 1.1)
+    got = jax.vmap(jax.grad(_scan_remat(f)))(jnp.stack([theta, theta]))
+    close(got, jnp.stack([scan_ref, scan_ref]), rtol=rtol)
 
 
 def test_closed_over_solve_in_scan_remat_vmap():
-    _check_compositions(lambda b: _loss(lu_linear_solve)(A3, b), B3)
-    _check_compositions(lambda a: _loss(cho_linear_solve)(a, B3), SPD)
-    ref = jax.grad(lambda b: _ref_loss(A3, b) + _ref_loss(A3, 1.1 * b))(B3)
-    close(jax.grad(_scan_remat(lambda b: _loss(lu_linear_solve)(A3, b)))(B3), ref)
+    ref_b = jax.grad(lambda b: _ref_loss(A3, b))
+    _check_compositions(lambda b: _loss(lu_linear_solve)(A3, b), B3, ref_b)
+    ref_a = jax.grad(lambda a: _ref_loss(a, B3))
+    _check_compositions(lambda a: _loss(cho_linear_solve)(a, B3), SPD, ref_a)
 
 
 def test_solve_ignoring_its_operator_is_flagged_without_transpose_solve():
@@ -166,32 +168,35 @@ def test_solve_eq_qp_contracts():
 
     f = lambda b: jnp.sum(jnp.sin(x_of(b)))  # noqa: E731
     b = jnp.array([1.0])
-    close(jax.grad(jax.jit(f))(b), jax.grad(lambda b: jnp.sum(jnp.sin(ref_x(b))))(b))
     close(jax.jacrev(jax.jit(x_of))(b), jax.jacrev(ref_x)(b))
-    _check_compositions(f, b)
+    _check_compositions(f, b, jax.grad(lambda b: jnp.sum(jnp.sin(ref_x(b)))))
 
 
 def test_solve_qp_contracts():
-    q = jnp.array([-1.0, -2.0])
-    G, h = jnp.array([[1.0, 1.0], [-1.0, 0.0]]), jnp.array([1.0, 0.0])
-    empty_A, empty_b = jnp.zeros((0, 2)), jnp.zeros(0)
+    # One inequality, active at the solution: the QP is the equality-constrained
+    # one on that row, whose KKT system gives x(h) in closed form.
+    q, G = jnp.array([-1.0, -2.0]), A12
 
     def f(h):
-        return jnp.sum(jnp.sin(rootdiff.solve_qp(Q2, q, empty_A, empty_b, G, h)))
+        return jnp.sum(jnp.sin(rootdiff.solve_qp(Q2, q, jnp.zeros((0, 2)), jnp.zeros(0), G, h)))
 
-    _check_compositions(f, h, rtol=1e-5)
+    def ref(h):
+        K = jnp.block([[Q2, G.T], [G, jnp.zeros((1, 1))]])
+        return jnp.sum(jnp.sin(jnp.linalg.solve(K, jnp.concatenate([-q, h]))[:2]))
+
+    _check_compositions(f, jnp.array([1.0]), jax.grad(ref), rtol=1e-5)
 
 
 def test_bisection_contracts():
     def f(a):
         return rootdiff.bisection(lambda x, a: x**2 - a, 0.0, 3.0, a) ** 3
 
-    a = jnp.array(2.0)
-    close(jax.grad(jax.jit(f))(a), 1.5 * jnp.sqrt(a))  # d a^{3/2}/da
-    _check_compositions(f, a)
+    _check_compositions(f, jnp.array(2.0), lambda a: 1.5 * jnp.sqrt(a))  # d a^{3/2}/da
 
 
 def test_projected_gradient_contracts():
+    # Non-negative least squares whose second coordinate stays at its bound:
+    # x = ((b₁ + b₃)/2, 0) near b.
     M = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     fun = lambda x, b: 0.5 * jnp.sum((M @ x - b) ** 2)  # noqa: E731
 
@@ -199,13 +204,24 @@ def test_projected_gradient_contracts():
         x = rootdiff.projected_gradient(fun, jnp.zeros(2), projection_non_negative, b)
         return jnp.sum(jnp.sin(x))
 
-    _check_compositions(f, jnp.array([1.0, -2.0, 1.0]), rtol=1e-5)
+    ref = jax.grad(lambda b: jnp.sin(0.5 * (b[0] + b[2])))
+    _check_compositions(f, jnp.array([1.0, -2.0, 1.0]), ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "layer", [rootdiff.layers.sparsemax, functools.partial(rootdiff.layers.lml, k=2)]
-)
-def test_layers_contracts(layer):
+def _sparsemax_sort(x):
+    """Sort-based sparsemax (differentiable by plain JAX): the reference."""
+    z = jnp.sort(x)[::-1]
+    k = jnp.arange(1, x.size + 1)
+    support = 1 + k * z > jnp.cumsum(z)
+    n = jnp.sum(support)
+    tau = (jnp.sum(jnp.where(support, z, 0.0)) - 1) / n
+    return jnp.maximum(x - tau, 0.0)
+
+
+def test_layers_contracts():
     x = jnp.array([0.3, -0.1, 0.25, 0.05])
-    f = lambda x: jnp.sum(jnp.sin(layer(x)) * jnp.arange(1.0, 5.0))  # noqa: E731
-    _check_compositions(f, x, rtol=1e-5)
+    w = jnp.arange(1.0, 5.0)
+    f = lambda x: jnp.sum(jnp.sin(rootdiff.layers.sparsemax(x)) * w)  # noqa: E731
+    _check_compositions(f, x, jax.grad(lambda x: jnp.sum(jnp.sin(_sparsemax_sort(x)) * w)))
+    g = lambda x: jnp.sum(jnp.sin(rootdiff.layers.lml(x, 2)) * w)  # noqa: E731
+    _check_compositions(g, x, rtol=1e-5)
