@@ -82,7 +82,7 @@ def _perturbed_solver(err, **kw):
 
 def _jac_error(err, **kw):
     J = jax.jacrev(lambda p: _perturbed_solver(err, **kw)(jnp.zeros(3), p))(P)
-    J_exact = -jnp.linalg.inv(jax.jacfwd(_F)(_newton(jnp.zeros(3), P), P))  # ∂ₚF = −I
+    J_exact = jnp.linalg.inv(jax.jacfwd(_F)(_newton(jnp.zeros(3), P), P))  # ∂ₚF = −I
     return float(jnp.max(jnp.abs(J - J_exact)) / jnp.max(jnp.abs(J_exact)))
 
 
