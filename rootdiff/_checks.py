@@ -1,12 +1,14 @@
 """Convergence checks that work under ``jit``, ``vmap`` and autodiff.
 
-A check compares a scalar residual against a threshold and, depending on ``mode``:
+A check compares scalar measures against thresholds and, depending on ``mode``:
 
 * ``"off"`` — does nothing;
-* ``"warn"`` — emits a :class:`ConvergenceWarning` from the host;
+* ``"warn"`` — emits a :class:`ConvergenceWarning` from the host, attributed to the
+  user's line that called the solver (the first frame outside rootdiff and JAX);
 * ``"raise"`` — raises :class:`ConvergenceError` from the host (under ``jit`` it
   surfaces as an ``XlaRuntimeError`` carrying the same message);
-* ``"nan"`` — replaces the guarded value by NaN (pure, no host round trip).
+* ``"nan"`` — replaces the guarded value by NaN, and its derivative too (pure, no
+  host round trip; see :func:`poison`).
 
 Why ``jax.pure_callback`` rather than ``jax.debug.callback``: the latter is unrolled
 once per batch element under ``vmap`` (1024 host calls for a 1024-row batch). Ours
@@ -18,6 +20,8 @@ it is not dead-code eliminated.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import warnings
 from typing import Any, Literal
 
@@ -43,36 +47,83 @@ def validate_mode(mode: str, argname: str = "check") -> str:
     return mode
 
 
-def _host_report(n_bad, n_total, residual, threshold, iterations, *, mode, what):
+# --------------------------------------------------------------------------- call site
+
+_ROOTDIFF_DIR = os.path.dirname(os.path.abspath(__file__))
+_SKIP_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    for m in (jax, np)
+    if getattr(m, "__file__", None)
+) + (_ROOTDIFF_DIR + os.sep,)
+_SKIP_MODULES = ("jaxlib", "functools", "contextlib")
+
+
+def user_site() -> tuple[str, int, str] | None:
+    """``(filename, lineno, module)`` of the first frame outside rootdiff, JAX and NumPy.
+
+    Called when a solver is traced, so that a report emitted later from the host
+    points at the user's line that called the solver (under ``jit``: the line in
+    the jitted function), not at JAX's callback machinery.
+    """
+    try:
+        frame = sys._getframe(1)
+    except ValueError:  # pragma: no cover
+        return None
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        module = frame.f_globals.get("__name__", "")
+        if not fname.startswith(_SKIP_DIRS) and module.split(".")[0] not in _SKIP_MODULES:
+            if not fname.startswith("<frozen"):
+                return fname, frame.f_lineno, module
+        frame = frame.f_back
+    return None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _fmt(x: float) -> str:
+    return "nan" if not np.isfinite(x) and np.isnan(x) else f"{x:.3e}"
+
+
+def _host_report(n_bad, n_total, values, thresholds, iterations, *, mode, what, labels, site):
+    values, thresholds = np.atleast_1d(values), np.atleast_1d(thresholds)
+    parts = []
+    for label, v, t in zip(labels, values, thresholds, strict=True):
+        op = "≤" if float(v) <= float(t) else ">"
+        parts.append(f"{label} {_fmt(float(v))} {op} tolerance {_fmt(float(t))}")
     its = f" after {int(iterations)} iterations" if int(iterations) >= 0 else ""
     msg = (
         f"rootdiff: {what} did not converge in {int(n_bad)} of {int(n_total)} "
-        f"problem(s): residual {float(residual):.3e} > threshold {float(threshold):.3e}"
-        f"{its}. The result may be wrong; tighten or change the solver, or pass "
-        f"check='off' to silence."
+        f"problem(s): {'; '.join(parts)}{its}. The result may be wrong; tighten or "
+        f"change the solver, or pass check='off' to silence."
     )
     if mode == "raise":
         raise ConvergenceError(msg)
-    warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    if site is None:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    else:
+        filename, lineno, module = site
+        warnings.warn_explicit(msg, ConvergenceWarning, filename, lineno, module=module)
     return np.zeros((), np.float32)
 
 
 @functools.cache
-def _reporter(mode: str, what: str):
-    """A scalar ``report(n_bad, n_total, residual, threshold, iterations) -> 0.0``.
+def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
+    """``report(n_bad, n_total, values[k], thresholds[k], iterations) -> 0.0``.
 
     The host is called only when ``n_bad > 0`` (``lax.cond``), so a converged solve
     costs no host round trip. Under ``vmap`` a plain ``cond`` would turn into a
     ``select`` that runs the callback every time; the ``custom_vmap`` rule instead
-    reduces the batch to one scalar report (worst residual, count of failures).
+    reduces the batch to one report (worst value per measure, count of failures).
     """
-    host = functools.partial(_host_report, mode=mode, what=what)
+    host = functools.partial(_host_report, mode=mode, what=what, labels=labels, site=site)
 
     @jax.custom_batching.custom_vmap
-    def report(n_bad, n_total, residual, threshold, iterations):
+    def report(n_bad, n_total, values, thresholds, iterations):
         def call():
             shape = jax.ShapeDtypeStruct((), jnp.float32)
-            return jax.pure_callback(host, shape, n_bad, n_total, residual, threshold, iterations)
+            return jax.pure_callback(host, shape, n_bad, n_total, values, thresholds, iterations)
 
         return jax.lax.cond(n_bad > 0, call, lambda: jnp.zeros((), jnp.float32))
 
@@ -82,18 +133,56 @@ def _reporter(mode: str, what: str):
             a if batched else jnp.broadcast_to(a, (axis_size, *jnp.shape(a)))
             for a, batched in zip(args, in_batched, strict=True)
         ]
-        n_bad, n_total, residual, threshold, iterations = args
-        worst = jnp.max(jnp.where(n_bad > 0, residual, -jnp.inf), axis=0)
+        n_bad, n_total, values, thresholds, iterations = args
+        bad = (n_bad > 0)[:, None]
+        worst = jnp.max(jnp.where(bad, values, -jnp.inf), axis=0)  # NaN propagates
         out = report(
             jnp.sum(n_bad, axis=0),
             jnp.sum(n_total, axis=0),
             worst,
-            jnp.min(threshold, axis=0),
+            jnp.min(thresholds, axis=0),
             jnp.max(iterations, axis=0),
         )
         return jnp.broadcast_to(out, (axis_size, *jnp.shape(out))), True
 
     return report
+
+
+# --------------------------------------------------------------------------- nan mode
+
+
+@jax.custom_jvp
+def _poison_leaf(v: jax.Array, ok: jax.Array) -> jax.Array:
+    return jnp.where(ok, v, jnp.nan).astype(v.dtype)
+
+
+@_poison_leaf.defjvp
+def _poison_leaf_jvp(primals, tangents):
+    v, ok = primals
+    v_dot, _ = tangents
+    scale = jnp.where(ok, 1, jnp.nan).astype(v.dtype)
+    # Multiplying by a primal-only factor keeps the tangent linear, so reverse mode
+    # (by transposition) poisons the cotangent too.
+    return _poison_leaf(v, ok), v_dot * scale
+
+
+def poison(value: Any, ok: jax.Array) -> Any:
+    """``value`` where ``ok``, else NaN — and the same for its derivatives.
+
+    ``jnp.where(ok, v, nan)`` alone gives a NaN value but a zero (finite) derivative
+    where ``ok`` is False; here the tangent is multiplied by ``1`` or ``NaN``, so
+    ``jvp``, ``grad`` and higher derivatives are NaN wherever the value is.
+    ``ok`` broadcasts against every leaf (a scalar per problem, or elementwise).
+    """
+    ok = jax.lax.stop_gradient(jnp.asarray(ok, bool))
+
+    def leaf(v):
+        v = jnp.asarray(v)
+        if not jnp.issubdtype(v.dtype, jnp.inexact):
+            return v
+        return _poison_leaf(v, jnp.broadcast_to(ok, jnp.broadcast_shapes(ok.shape, v.shape)))
+
+    return jax.tree.map(leaf, value)
 
 
 def guard(
@@ -105,27 +194,38 @@ def guard(
     mode: str,
     what: str,
     ok: jax.Array | None = None,
+    label: str | tuple[str, ...] = "residual",
+    site: Any = None,
 ) -> Any:
     """Return ``value``, reporting (per ``mode``) when ``residual > threshold``.
 
-    ``residual``, ``threshold`` and ``iterations`` are scalars per problem (under
-    ``vmap`` the host sees one report for the whole batch). NaN residuals count as
-    failures. ``ok`` overrides the comparison when the caller already decided.
+    ``residual`` and ``threshold`` are scalars per problem, or vectors of ``k``
+    measures named by the ``k`` strings in ``label`` (each is printed with its
+    tolerance); ``iterations`` is a scalar (negative: not printed). Under ``vmap``
+    the host sees one report for the whole batch. NaN residuals count as failures.
+    ``ok`` overrides the comparison when the caller already decided. ``site``:
+    ``(filename, lineno, module)`` the warning is attributed to (see
+    :func:`user_site`); by default the caller of the solver is looked up now.
     """
     if mode == "off":
         return value
     residual, threshold, iterations = jax.lax.stop_gradient(
         (jnp.asarray(residual), jnp.asarray(threshold), jnp.asarray(iterations))
     )
-    ok = residual <= threshold if ok is None else jax.lax.stop_gradient(ok)  # False for NaN
+    if ok is None:
+        ok = jnp.all(residual <= threshold)  # False for NaN
+    ok = jax.lax.stop_gradient(jnp.asarray(ok, bool))
     if mode == "nan":
-        return jax.tree.map(lambda v: jnp.where(ok, v, jnp.nan).astype(v.dtype), value)
+        return poison(value, ok)
+    labels = (label,) if isinstance(label, str) else tuple(label)
     dtype = residual.dtype if jnp.issubdtype(residual.dtype, jnp.floating) else jnp.float32
-    zero = _reporter(mode, what)(
+    residual = jnp.broadcast_to(residual.astype(dtype), (len(labels),))
+    threshold = jnp.broadcast_to(threshold.astype(dtype), (len(labels),))
+    zero = _reporter(mode, what, labels, site if site is not None else user_site())(
         jnp.where(ok, 0, 1).astype(jnp.int32),
         jnp.ones((), jnp.int32),
-        residual.astype(dtype),
-        threshold.astype(dtype),
+        residual,
+        threshold,
         iterations.astype(jnp.int32),
     )
     # Tie the report to the value so that it is not dead-code eliminated.
