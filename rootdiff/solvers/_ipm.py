@@ -298,7 +298,8 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         def newton(r4, steps):
             # Q dx + Aᵀdy + Gᵀdz = −rd, A dx = −rpe, G dx + ds = −rpi, z ds + s dz = −r4.
             rhs = (-rd, -rpe, -rpi + r4 / z)
-            dx, dy, dz = _kkt.refine(red.apply_inverse, mv, rhs, steps)
+            # Unrolled: a while_loop nested in the outer one costs more under vmap.
+            dx, dy, dz = _kkt.refine(red.apply_inverse, mv, rhs, steps, unrolled=True)
             return dx, dy, dz, (-r4 - s * dz) / z
 
         if m == 0:
