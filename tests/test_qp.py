@@ -111,6 +111,20 @@ def test_nnls_matches_scipy_batched():
         np.testing.assert_allclose(xs[i], optimize.nnls(Fs[i], gs[i])[0], atol=1e-12)
 
 
+def test_nnls_answer_at_zero_is_solved_quickly():
+    # x* = 0 with h = 0 (q > 0): every relative scale of the stopping rule vanishes
+    # at the answer, so no interior iterate can meet it; the loop must still stop
+    # (scaled residuals) and polishing must return the exact x = 0 as solved.
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(10, 5))
+    Q, q = jnp.asarray(F.T @ F), jnp.asarray(rng.uniform(0.1, 2.0, 5))
+    x, info = solve_info(Q, q, *_empty(5), -jnp.eye(5), jnp.zeros(5))
+    assert int(info.status) == QPStatus.SOLVED
+    assert int(info.iterations) < 20
+    np.testing.assert_array_equal(x, 0.0)
+    np.testing.assert_allclose(info.z, q, rtol=1e-12)
+
+
 def test_general_qp_matches_slsqp(problem):
     optimize = pytest.importorskip("scipy.optimize")
     (Q, q, A, b, G, h), _ = problem
