@@ -110,8 +110,40 @@ def _tree_neg(tree: PyTree) -> PyTree:
 
 def _zero_tangent(x: jax.Array) -> jax.Array:
     if _is_float(x):
-        return jnp.zeros_like(x)
+        return jnp.zeros_like(x)  # keeps the primal's type (shard_map's varying axes)
     return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
+# A ``custom_jvp`` output that is not floating needs a ``float0`` tangent, and a
+# ``float0`` zero cannot carry the primal's type under ``shard_map`` (its varying
+# manual axes): JAX then rejects the rule. So the aux of ``has_aux=True`` leaves the
+# custom_jvp as float32 arrays holding the same values exactly, and is decoded right
+# after: booleans and integers of ≤ 16 bits converted, wider integers first split
+# into 16-bit pieces (an integer-to-integer bitcast, so no float bit patterns such
+# as NaNs or denormals are ever made). Other dtypes (e.g. PRNG keys) keep a
+# ``float0`` tangent.
+
+
+def _encode_aux(x: jax.Array) -> jax.Array:
+    dt = jnp.result_type(x)
+    if dt == jnp.bool_:
+        return jnp.asarray(x, jnp.float32)
+    if not jnp.issubdtype(dt, jnp.integer):
+        return x
+    if jnp.iinfo(dt).bits > 16:
+        x = jax.lax.bitcast_convert_type(x, jnp.uint16)  # shape (..., bits/16)
+    return jnp.asarray(x, jnp.float32)
+
+
+def _decode_aux(y: jax.Array, like: Any) -> jax.Array:
+    dt = like.dtype
+    if dt == jnp.bool_:
+        return y != 0
+    if not jnp.issubdtype(dt, jnp.integer):
+        return y
+    if jnp.iinfo(dt).bits > 16:
+        return jax.lax.bitcast_convert_type(y.astype(jnp.uint16), dt)
+    return y.astype(dt)
 
 
 def _sol_dtype(sol: PyTree) -> Any:
@@ -703,7 +735,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         sol = view(out[0] if has_aux else out)
         if check != "off":
             sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
-        return (sol, out[1]) if has_aux else sol
+        return (sol, jax.tree.map(_encode_aux, out[1])) if has_aux else sol
 
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
@@ -754,7 +786,8 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
     out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)
     if has_aux:
-        return unview(out[0]), jax.lax.stop_gradient(out[1])
+        aux = jax.tree.map(_decode_aux, out[1], out_shape[1])
+        return unview(out[0]), jax.lax.stop_gradient(aux)
     return unview(out)
 
 
