@@ -29,11 +29,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
-from jax.flatten_util import ravel_pytree
 
 from rootdiff import _checks
 from rootdiff import linear_solve as _ls
+from rootdiff._root_products import RootInfo, root_jvp, root_vjp
+from rootdiff._solves import (
+    Solve,
+    _implicit_tangent,
+    _is_builtin,
+    _resolve_solver,
+    _run_solve,
+)
+from rootdiff._trees import (
+    PyTree,
+    _add_note,
+    _convert,
+    _decode_aux,
+    _describe,
+    _encode_aux,
+    _from_real,
+    _is_float,
+    _max_abs,
+    _needs_real_view,
+    _real_dtype,
+    _same_layout,
+    _sol_dtype,
+    _split,
+    _to_real,
+    _zero_tangent,
+)
 
 __all__ = [
     "custom_root",
@@ -43,84 +67,6 @@ __all__ = [
     "argmin",
     "RootInfo",
 ]
-
-PyTree = Any
-Solve = str | Callable[..., Any]
-
-
-class RootInfo(NamedTuple):
-    """Diagnostics returned by :func:`root_jvp` / :func:`root_vjp` with ``return_info=True``.
-
-    Attributes:
-      optimality_residual: ``max |F(sol, θ)|`` — how well ``sol`` solves the problem.
-      linear_solve: the :class:`~rootdiff.linear_solve.SolveInfo` of the tangent
-        (JVP) or cotangent (VJP) system.
-    """
-
-    optimality_residual: jax.Array
-    linear_solve: _ls.SolveInfo
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
-
-
-def _is_float(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
-def _is_py_float(x: Any) -> bool:
-    """A Python ``float``/``complex`` (JAX treats them as weakly typed arrays)."""
-    return isinstance(x, (float, complex)) and not isinstance(x, bool)
-
-
-def _describe(tree: Any) -> str:
-    """Human-readable ``structure: shape dtype`` summary of a pytree."""
-    leaves, treedef = jax.tree.flatten(tree)
-    shapes = ", ".join(
-        f"{jnp.dtype(jnp.result_type(leaf)).name}{list(np.shape(leaf))}" for leaf in leaves
-    )
-    return f"{treedef} with leaves [{shapes}]"
-
-
-def _same_layout(a: Any, b: Any, *, dtypes: bool) -> bool:
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    if ta != tb:
-        return False
-    for x, y in zip(la, lb):
-        if np.shape(x) != np.shape(y):
-            return False
-        if dtypes and jnp.dtype(jnp.result_type(x)) != jnp.dtype(jnp.result_type(y)):
-            return False
-    return True
-
-
-def _max_abs(tree: PyTree) -> jax.Array:
-    leaves = [jnp.max(jnp.abs(leaf), initial=0.0) for leaf in jax.tree.leaves(tree)]
-    return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
-
-
-def _tree_neg(tree: PyTree) -> PyTree:
-    return jax.tree.map(jnp.negative, tree)
-
-
-def _zero_tangent(x: jax.Array) -> jax.Array:
-    if _is_float(x):
-        return jnp.zeros_like(x)
-    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
-
-
-def _sol_dtype(sol: PyTree) -> Any:
-    leaves = jax.tree.leaves(sol)
-    return jnp.result_type(*leaves) if leaves else jnp.float32
-
-
-def _real_dtype(dt: Any) -> Any:
-    return jnp.finfo(dt).dtype if jnp.issubdtype(dt, jnp.inexact) else dt
 
 
 def default_residual_tol(sol: PyTree) -> float:
@@ -144,197 +90,6 @@ def default_step_tol(sol: PyTree) -> float:
         return 0.0
     eps = float(jnp.finfo(dt).eps)
     return 1e-5 if eps < 1e-10 else 1e-3 if eps < 1e-6 else 5e-2
-
-
-def _add_note(e: BaseException, note: str) -> None:
-    if hasattr(e, "add_note"):  # Python >= 3.11
-        e.add_note(note)
-
-
-# --------------------------------------------------------------------------- hoisting
-
-
-def _convert(fun: Callable[..., Any], *example_args: Any):
-    """Closure-convert ``fun``: ``(fun_c, consts, out_shape)``, ``fun_c(*args, *consts)``.
-
-    Like :func:`jax.closure_convert`, but *every* traced value ``fun`` closes over is
-    hoisted, including integer ones (LU pivots, active sets): ``jax.closure_convert``
-    keeps those inside the jaxpr, and a rule traced later (``grad`` of a ``jit``-ted
-    function, a differentiated ``scan``) would then meet a tracer of a finished
-    trace. Concrete constants stay inside.
-    """
-    flat, in_tree = jax.tree.flatten(example_args)
-
-    def flat_fun(*leaves):
-        return fun(*jax.tree.unflatten(in_tree, leaves))
-
-    closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*flat)
-    out_tree = jax.tree.structure(out_shape)
-    consts = list(closed.consts)
-    hoist = [i for i, c in enumerate(consts) if isinstance(c, jax.core.Tracer)]
-    n_args = len(example_args)
-    jaxpr = closed.jaxpr
-
-    def converted(*args_and_consts):
-        args, hoisted = args_and_consts[:n_args], args_and_consts[n_args:]
-        vals = list(consts)
-        for i, c in zip(hoist, hoisted, strict=True):
-            vals[i] = c
-        leaves = jax.tree.leaves(args)
-        return jax.tree.unflatten(out_tree, jaxpr_as_fun(ClosedJaxpr(jaxpr, vals))(*leaves))
-
-    return converted, [consts[i] for i in hoist], out_shape
-
-
-def _split(args: tuple, kwargs: dict):
-    """Split ``(args, kwargs)`` into array leaves and a function rebuilding them.
-
-    Non-array leaves (Python numbers, strings, callables, ...) stay static.
-    """
-    leaves, treedef = jax.tree.flatten((args, kwargs))
-    dyn_idx = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
-    dyn = [jnp.asarray(leaves[i]) for i in dyn_idx]
-    dyn_set = set(dyn_idx)
-    template = [None if i in dyn_set else leaf for i, leaf in enumerate(leaves)]
-
-    def rebuild(dyn_leaves):
-        out = list(template)
-        for i, v in zip(dyn_idx, dyn_leaves):
-            out[i] = v
-        return jax.tree.unflatten(treedef, out)
-
-    return dyn, rebuild
-
-
-# --------------------------------------------------------------------------- complex
-
-
-def _needs_real_view(tree: PyTree) -> bool:
-    leaves = jax.tree.leaves(tree)
-    return any(jnp.issubdtype(jnp.result_type(s), jnp.complexfloating) for s in leaves)
-
-
-def _to_real(tree: PyTree) -> PyTree:
-    """Complex leaves ``z`` → real ``stack([Re z, Im z], -1)``; real leaves unchanged."""
-
-    def leaf(z):
-        if jnp.issubdtype(z.dtype, jnp.complexfloating):
-            return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-1)
-        return z
-
-    return jax.tree.map(leaf, tree)
-
-
-def _from_real(tree: PyTree, template: PyTree) -> PyTree:
-    def leaf(r, t):
-        if jnp.issubdtype(t.dtype, jnp.complexfloating):
-            return jax.lax.complex(r[..., 0], r[..., 1]).astype(t.dtype)
-        return r
-
-    return jax.tree.map(leaf, tree, template)
-
-
-# --------------------------------------------------------------------------- linear solves
-
-
-def _accepts_info(solve: Callable[..., Any]) -> bool:
-    try:
-        return "return_info" in inspect.signature(solve).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _resolve_solver(solve: Solve, symmetric: bool) -> Callable[..., Any]:
-    """The linear solver named or given by ``solve``; ``"auto"`` learns ``symmetric``."""
-    fn = _ls.get_solver(solve)
-    return functools.partial(_ls.auto, symmetric=symmetric) if fn is _ls.auto else fn
-
-
-def _unpartial(fn: Callable[..., Any]) -> tuple[Callable[..., Any], dict, bool]:
-    """``(base function, merged keywords, whether the partials bind traced values)``."""
-    keywords: dict = {}
-    traced = False
-    while isinstance(fn, functools.partial):
-        leaves = jax.tree.leaves((fn.args, fn.keywords))
-        traced |= any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
-        keywords = {**fn.keywords, **keywords}
-        fn = fn.func
-    return fn, keywords, traced
-
-
-def _is_builtin(fn: Callable[..., Any]) -> bool:
-    """A solver of :mod:`rootdiff.linear_solve` (possibly partial'ed with constants)."""
-    base, _, traced = _unpartial(fn)
-    return not traced and any(base is s for s in _ls.SOLVERS.values())
-
-
-def _stated_tol(fn: Callable[..., Any], n: int, dtype: Any) -> float:
-    """The relative tolerance a built-in ``fn`` applies to ``‖b − A x‖/‖b‖`` (NaN: unknown)."""
-    base, kw, _ = _unpartial(fn)
-    if kw.get("tol") is not None:
-        return float(kw["tol"])
-    dense = (_ls.lu, _ls.cholesky, _ls.lstsq)
-    if base is _ls.auto:
-        base = _ls.lu if n <= _ls.DENSE_THRESHOLD else _ls.cg
-    if any(base is d for d in dense):
-        return float(np.sqrt(jnp.finfo(dtype).eps))
-    if any(base is s for s in _ls.SOLVERS.values()):
-        return _ls.default_tol(dtype)
-    return float("nan")
-
-
-def _run_solve(fn, matvec, b, *, check: str):
-    """``fn(matvec, b)`` and ``(relative residual, tolerance, iterations, ok)``.
-
-    Built-in solvers report their own convergence. A user's callable is checked by
-    one extra matvec, ``‖b − A x‖ ≤ sqrt(eps) ‖b‖``: this is what catches a ``solve``
-    that ignores the operator it is given (e.g. a pre-factorised forward solve
-    used for the transposed system).
-    """
-    b_flat = ravel_pytree(b)[0]
-    dtype = _real_dtype(b_flat.dtype)
-    n = b_flat.size
-    if _accepts_info(fn):
-        x, info = fn(matvec, b, return_info=True)
-        rel = info.residual_norm / jnp.where(info.b_norm > 0, info.b_norm, 1.0)
-        tol = _stated_tol(fn, n, dtype)
-        return x, (rel.astype(dtype), jnp.asarray(tol, dtype), info.iterations, info.converged)
-    x = fn(matvec, b)
-    if check == "off":
-        one = jnp.ones((), dtype)
-        return x, (0 * one, one, jnp.asarray(-1, jnp.int32), jnp.asarray(True))
-    r = ravel_pytree(jax.tree.map(jnp.subtract, matvec(x), b))[0]
-    b_norm = jnp.linalg.norm(b_flat)
-    rel = (jnp.linalg.norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)).astype(dtype)
-    tol = jnp.asarray(np.sqrt(jnp.finfo(dtype).eps), dtype)
-    return x, (rel, tol, jnp.asarray(-1, jnp.int32), rel <= tol)
-
-
-def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve, symmetric):
-    """``ẋ`` solving ``∂ₓF ẋ = −∂_θF θ̇`` via a transposable ``custom_linear_solve``.
-
-    ``fwd_solve`` / ``bwd_solve`` map a right-hand side (a pytree like ``sol``) to the
-    solution of the tangent / adjoint system; they build their operators from
-    explicit inputs, so the operator ``custom_linear_solve`` hands them is not
-    needed. The system is posed on the raveled vector: ``custom_linear_solve``'s
-    transpose rule requires the right-hand side to be entirely linear, which a
-    pytree whose leaves are only partly perturbed (as in grad-of-grad) violates.
-    """
-    _, rhs = jax.jvp(F_theta, (theta,), (theta_dot,))
-    _, matvec = jax.linearize(F_x, sol)
-    b, unravel = ravel_pytree(_tree_neg(rhs))
-
-    def flat(f):
-        return lambda v: ravel_pytree(f(unravel(v)))[0].astype(b.dtype)
-
-    x = jax.lax.custom_linear_solve(
-        flat(matvec),
-        b,
-        solve=lambda _mv, r: flat(fwd_solve)(r),
-        transpose_solve=lambda _mv, r: flat(bwd_solve)(r),
-        symmetric=symmetric,
-    )
-    return unravel(x)
 
 
 def _check_signature(optimality_fun, params, args, kwargs, name):
@@ -703,7 +458,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         sol = view(out[0] if has_aux else out)
         if check != "off":
             sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
-        return (sol, out[1]) if has_aux else sol
+        return (sol, jax.tree.map(_encode_aux, out[1])) if has_aux else sol
 
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
@@ -754,139 +509,6 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
     out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)
     if has_aux:
-        return unview(out[0]), jax.lax.stop_gradient(out[1])
+        aux = jax.tree.map(_decode_aux, out[1], out_shape[1])
+        return unview(out[0]), jax.lax.stop_gradient(aux)
     return unview(out)
-
-
-# --------------------------------------------------------------------------- low level
-
-
-def _theta_fun(optimality_fun, sol, args):
-    """``θ ↦ F(sol, args)`` over the floating leaves ``θ`` of ``args``.
-
-    Python ``float``/``complex`` leaves count as (weakly typed) floating arrays, as
-    in JAX; integers, booleans and other objects are held fixed.
-    """
-    leaves, treedef = jax.tree.flatten(args)
-    idx = [
-        i for i, leaf in enumerate(leaves)
-        if (_is_array(leaf) and _is_float(leaf)) or _is_py_float(leaf)
-    ]  # fmt: skip
-
-    def F_theta(theta):
-        vals = list(leaves)
-        for i, v in zip(idx, theta):
-            vals[i] = v
-        return optimality_fun(sol, *jax.tree.unflatten(treedef, vals))
-
-    return F_theta, [jnp.asarray(leaves[i]) for i in idx], idx, leaves, treedef
-
-
-def root_jvp(
-    optimality_fun: Callable[..., PyTree],
-    sol: PyTree,
-    args: tuple,
-    tangents: tuple,
-    *,
-    solve: Solve = "auto",
-    symmetric: bool = False,
-    return_info: bool = False,
-):
-    """Tangent ``ẋ`` of the root ``sol`` of ``optimality_fun(x, *args) = 0``.
-
-    Solves ``∂ₓF(sol, args) ẋ = −∂_θF(sol, args) θ̇``, with ``θ̇ = tangents`` given for
-    ``args`` (same structure; tangents of non-floating leaves are ignored; Python
-    floats are floating, as in JAX).
-
-    Args:
-      optimality_fun: ``F(x, *args)``.
-      sol: a root, any pytree.
-      args: tuple of ``F``'s arguments after ``x``.
-      tangents: tuple with the structure of ``args``.
-      solve, symmetric: the linear solver, as in :func:`custom_root` (only the
-        system ``∂ₓF`` itself is solved, so no ``transpose_solve`` is needed).
-      return_info: also return a :class:`RootInfo` (residual of ``F`` at ``sol`` and
-        the linear solve's :class:`~rootdiff.linear_solve.SolveInfo`).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> F = lambda x, a: x**2 - a
-      >>> float(root_jvp(F, jnp.array(2.0), (jnp.array(4.0),), (jnp.array(1.0),)))
-      0.25
-    """
-    args = tuple(args)
-    F_theta, theta, idx, _, _ = _theta_fun(optimality_fun, sol, args)
-    t_leaves = jax.tree.leaves(tuple(tangents))
-    a_leaves = jax.tree.leaves(args)
-    if len(t_leaves) != len(a_leaves):
-        raise ValueError(
-            f"tangents must have the structure of args: args is {_describe(args)}, "
-            f"tangents is {_describe(tuple(tangents))}"
-        )
-    theta_dot = [jnp.asarray(t_leaves[i], jnp.result_type(th)) for i, th in zip(idx, theta)]
-    _, rhs = jax.jvp(F_theta, (theta,), (theta_dot,))
-    F_x = lambda x: optimality_fun(x, *args)  # noqa: E731
-    F_sol, matvec = jax.linearize(F_x, sol)
-    fn = _resolve_solver(solve, symmetric)
-    if not return_info:
-        return fn(matvec, _tree_neg(rhs))
-    x, info = fn(matvec, _tree_neg(rhs), return_info=True)
-    return x, RootInfo(_max_abs(F_sol), info)
-
-
-def root_vjp(
-    optimality_fun: Callable[..., PyTree],
-    sol: PyTree,
-    args: tuple,
-    cotangent: PyTree,
-    *,
-    solve: Solve = "auto",
-    transpose_solve: Solve | None = None,
-    symmetric: bool = False,
-    return_info: bool = False,
-):
-    """Cotangents of ``args`` for the root ``sol`` of ``optimality_fun(x, *args) = 0``.
-
-    Solves ``(∂ₓF)ᵀ u = cotangent`` and returns ``θ̄ = −(∂_θF)ᵀ u`` as a tuple with the
-    structure of ``args`` (``None`` in place of non-floating leaves; Python floats
-    get a cotangent, as in JAX).
-
-    Args:
-      optimality_fun, sol, args: as in :func:`root_jvp`.
-      cotangent: a pytree like ``sol``.
-      solve: solver called as ``solve(vecmat, b)`` with ``vecmat`` the transposed
-        operator ``u ↦ (∂ₓF)ᵀ u``; it must use the operator it is given.
-      transpose_solve: if given, used instead of ``solve`` for this (transposed)
-        system: the name mirrors :func:`custom_root`, so one pair of callables
-        serves both.
-      symmetric, return_info: as in :func:`root_jvp`.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> F = lambda x, a: x**2 - a
-      >>> (g,) = root_vjp(F, jnp.array(2.0), (jnp.array(4.0),), jnp.array(1.0))
-      >>> float(g)
-      0.25
-    """
-    args = tuple(args)
-    F_theta, theta, idx, leaves, treedef = _theta_fun(optimality_fun, sol, args)
-    F_x = lambda x: optimality_fun(x, *args)  # noqa: E731
-    F_sol, F_vjp = jax.vjp(F_x, sol)
-    if not _same_layout(cotangent, sol, dtypes=False):
-        raise ValueError(
-            f"cotangent must have the structure and shapes of sol: sol is "
-            f"{_describe(sol)}, cotangent is {_describe(cotangent)}"
-        )
-    fn = _resolve_solver(solve if transpose_solve is None else transpose_solve, symmetric)
-    rmatvec = lambda u: F_vjp(u)[0]  # noqa: E731
-    if return_info:
-        u, info = fn(rmatvec, cotangent, return_info=True)
-    else:
-        u = fn(rmatvec, cotangent)
-    _, theta_vjp = jax.vjp(F_theta, theta)
-    (theta_bar,) = theta_vjp(_tree_neg(u))
-    out = [None] * len(leaves)
-    for i, g in zip(idx, theta_bar):
-        out[i] = g
-    result = jax.tree.unflatten(treedef, out)
-    return (result, RootInfo(_max_abs(F_sol), info)) if return_info else result

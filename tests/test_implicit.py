@@ -193,6 +193,42 @@ def test_has_aux_passes_aux_through():
     assert_close(jac, jac_ref)
 
 
+def test_integer_and_bool_aux_under_shard_map():
+    # Integer/bool aux computed from a varying (sharded) value: the custom_jvp must
+    # not give it a float0 tangent, which would lose shard_map's varying axes.
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as Ps
+
+    if not hasattr(jax, "shard_map"):  # older JAX: experimental, and no varying types
+        pytest.skip("jax.shard_map needs a newer JAX")
+
+    @rootdiff.custom_root(lambda x, a: x**3 + x - a, has_aux=True)
+    def solve(x, a):
+        x = jax.lax.fori_loop(0, 30, lambda _, x: x - (x**3 + x - a) / (3 * x**2 + 1), x)
+        big = jnp.array([2**31 - 1, -(2**31)], jnp.int32) + (a > 9).astype(jnp.int32)
+        return x, {"i32": big, "i64": jnp.int64(-(2**40)) - (a > 0), "u8": jnp.uint8(255) - (a > 0),
+                   "pos": a > 0, "f": 2 * a}  # fmt: skip
+
+    def f(a):
+        x, aux = solve(jnp.zeros_like(a), a)  # varying, as a shard_map carry must be
+        return x**2, aux
+
+    mesh = jax.make_mesh((1,), ("b",))
+    a = jax.device_put(jnp.array([2.0]), NamedSharding(mesh, Ps("b")))
+    g, aux = jax.jit(
+        jax.shard_map(
+            jax.vmap(jax.grad(f, has_aux=True)), mesh=mesh, in_specs=Ps("b"), out_specs=Ps("b")
+        )
+    )(a)
+    x = 1.0  # the root of x³ + x = 2
+    np.testing.assert_allclose(g, [2 * x / (3 * x**2 + 1)], rtol=1e-12)
+    np.testing.assert_array_equal(aux["i32"], [[2**31 - 1, -(2**31)]])
+    assert aux["i32"].dtype == jnp.int32 and aux["i64"].dtype == jnp.int64
+    assert aux["u8"].dtype == jnp.uint8 and aux["pos"].dtype == jnp.bool_
+    assert int(aux["i64"][0]) == -(2**40) - 1 and int(aux["u8"][0]) == 254 and bool(aux["pos"][0])
+    np.testing.assert_allclose(aux["f"], [4.0])
+
+
 def G(x, a, n, mode, fn, none, idx):
     """Optimality fun with non-array arguments: Python int, string, callable, None, int array."""
     assert isinstance(n, int) and mode == "cubic" and none is None

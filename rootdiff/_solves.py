@@ -1,0 +1,123 @@
+"""The linear solves of the implicit derivative, and their convergence reports.
+
+:func:`_run_solve` runs a built-in or user ``solve`` and reports its relative
+residual; :func:`_implicit_tangent` poses the tangent system through
+``jax.lax.custom_linear_solve`` so that reverse mode follows by transposition.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from rootdiff import linear_solve as _ls
+from rootdiff._trees import _real_dtype, _tree_neg
+
+Solve = str | Callable[..., Any]
+
+
+def _accepts_info(solve: Callable[..., Any]) -> bool:
+    try:
+        return "return_info" in inspect.signature(solve).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _resolve_solver(solve: Solve, symmetric: bool) -> Callable[..., Any]:
+    """The linear solver named or given by ``solve``; ``"auto"`` learns ``symmetric``."""
+    fn = _ls.get_solver(solve)
+    return functools.partial(_ls.auto, symmetric=symmetric) if fn is _ls.auto else fn
+
+
+def _unpartial(fn: Callable[..., Any]) -> tuple[Callable[..., Any], dict, bool]:
+    """``(base function, merged keywords, whether the partials bind traced values)``."""
+    keywords: dict = {}
+    traced = False
+    while isinstance(fn, functools.partial):
+        leaves = jax.tree.leaves((fn.args, fn.keywords))
+        traced |= any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+        keywords = {**fn.keywords, **keywords}
+        fn = fn.func
+    return fn, keywords, traced
+
+
+def _is_builtin(fn: Callable[..., Any]) -> bool:
+    """A solver of :mod:`rootdiff.linear_solve` (possibly partial'ed with constants)."""
+    base, _, traced = _unpartial(fn)
+    return not traced and any(base is s for s in _ls.SOLVERS.values())
+
+
+def _stated_tol(fn: Callable[..., Any], n: int, dtype: Any) -> float:
+    """The relative tolerance a built-in ``fn`` applies to ``‖b − A x‖/‖b‖`` (NaN: unknown)."""
+    base, kw, _ = _unpartial(fn)
+    if kw.get("tol") is not None:
+        return float(kw["tol"])
+    dense = (_ls.lu, _ls.cholesky, _ls.lstsq)
+    if base is _ls.auto:
+        base = _ls.lu if n <= _ls.DENSE_THRESHOLD else _ls.cg
+    if any(base is d for d in dense):
+        return float(np.sqrt(jnp.finfo(dtype).eps))
+    if any(base is s for s in _ls.SOLVERS.values()):
+        return _ls.default_tol(dtype)
+    return float("nan")
+
+
+def _run_solve(fn, matvec, b, *, check: str):
+    """``fn(matvec, b)`` and ``(relative residual, tolerance, iterations, ok)``.
+
+    Built-in solvers report their own convergence. A user's callable is checked by
+    one extra matvec, ``‖b − A x‖ ≤ sqrt(eps) ‖b‖``: this is what catches a ``solve``
+    that ignores the operator it is given (e.g. a pre-factorised forward solve
+    used for the transposed system).
+    """
+    b_flat = ravel_pytree(b)[0]
+    dtype = _real_dtype(b_flat.dtype)
+    n = b_flat.size
+    if _accepts_info(fn):
+        x, info = fn(matvec, b, return_info=True)
+        rel = info.residual_norm / jnp.where(info.b_norm > 0, info.b_norm, 1.0)
+        tol = _stated_tol(fn, n, dtype)
+        return x, (rel.astype(dtype), jnp.asarray(tol, dtype), info.iterations, info.converged)
+    x = fn(matvec, b)
+    if check == "off":
+        one = jnp.ones((), dtype)
+        return x, (0 * one, one, jnp.asarray(-1, jnp.int32), jnp.asarray(True))
+    r = ravel_pytree(jax.tree.map(jnp.subtract, matvec(x), b))[0]
+    b_norm = jnp.linalg.norm(b_flat)
+    rel = (jnp.linalg.norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)).astype(dtype)
+    tol = jnp.asarray(np.sqrt(jnp.finfo(dtype).eps), dtype)
+    return x, (rel, tol, jnp.asarray(-1, jnp.int32), rel <= tol)
+
+
+def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve, symmetric):
+    """``ẋ`` solving ``∂ₓF ẋ = −∂_θF θ̇`` via a transposable ``custom_linear_solve``.
+
+    ``fwd_solve`` / ``bwd_solve`` map a right-hand side (a pytree like ``sol``) to the
+    solution of the tangent / adjoint system; they build their operators from
+    explicit inputs, so the operator ``custom_linear_solve`` hands them is not
+    needed. The system is posed on the raveled vector: ``custom_linear_solve``'s
+    transpose rule requires the right-hand side to be entirely linear, which a
+    pytree whose leaves are only partly perturbed (as in grad-of-grad) violates.
+    """
+    _, rhs = jax.jvp(F_theta, (theta,), (theta_dot,))
+    _, matvec = jax.linearize(F_x, sol)
+    b, unravel = ravel_pytree(_tree_neg(rhs))
+
+    def flat(f):
+        return lambda v: ravel_pytree(f(unravel(v)))[0].astype(b.dtype)
+
+    x = jax.lax.custom_linear_solve(
+        flat(matvec),
+        b,
+        solve=lambda _mv, r: flat(fwd_solve)(r),
+        transpose_solve=lambda _mv, r: flat(bwd_solve)(r),
+        symmetric=symmetric,
+    )
+    return unravel(x)
