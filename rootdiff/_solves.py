@@ -99,10 +99,11 @@ def _run_solve(fn, matvec, b, *, check: str):
 def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve, symmetric):
     """``ẋ`` solving ``∂ₓF ẋ = −∂_θF θ̇`` via a transposable ``custom_linear_solve``.
 
-    ``fwd_solve`` / ``bwd_solve`` map a right-hand side (a pytree like ``sol``) to the
-    solution of the tangent / adjoint system; they build their operators from
-    explicit inputs, so the operator ``custom_linear_solve`` hands them is not
-    needed. The system is posed on the raveled vector: ``custom_linear_solve``'s
+    ``fwd_solve(matvec, b)`` / ``bwd_solve(matvec, b)`` map a right-hand side (a
+    pytree like ``sol``) to the solution of the tangent / adjoint system, given the
+    operator ``custom_linear_solve`` hands them (on pytrees); a solve that builds its
+    operator from explicit inputs (to hoist a user solve's closure) ignores it.
+    The system is posed on the raveled vector: ``custom_linear_solve``'s
     transpose rule requires the right-hand side to be entirely linear, which a
     pytree whose leaves are only partly perturbed (as in grad-of-grad) violates.
     """
@@ -113,11 +114,15 @@ def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve,
     def flat(f):
         return lambda v: ravel_pytree(f(unravel(v)))[0].astype(b.dtype)
 
+    def on_pytrees(solve):
+        # ``solve(mv, r)`` on pytrees, given custom_linear_solve's flat operator ``mv``.
+        return lambda mv, r: flat(lambda t: solve(lambda u: unravel(flat(mv)(u)), t))(r)
+
     x = jax.lax.custom_linear_solve(
         flat(matvec),
         b,
-        solve=lambda _mv, r: flat(fwd_solve)(r),
-        transpose_solve=lambda _mv, r: flat(bwd_solve)(r),
+        solve=on_pytrees(fwd_solve),
+        transpose_solve=on_pytrees(bwd_solve),
         symmetric=symmetric,
     )
     return unravel(x)

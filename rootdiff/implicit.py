@@ -404,7 +404,8 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         return _run_solve(cfg.transpose_solve or cfg.solve, vecmat, b, check=check)
 
     lin_args = (example, dyn, f_consts, example)
-    if all(_is_builtin(s) for s in user_solves):
+    builtin = all(_is_builtin(s) for s in user_solves)
+    if builtin:
         fwd_c, l_fwd = (lambda *a: fwd_raw(*a[:4])), []
     else:
         fwd_c, l_fwd, _ = _convert(fwd_raw, *lin_args)
@@ -452,6 +453,20 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
         return solve
 
+    def guarded_mv(fn, system):
+        # A built-in solver closes over nothing: it uses the operator that
+        # custom_linear_solve hands it (rebuilding the operator inside the solve from
+        # closed-over values breaks the varying-axes types under shard_map).
+        def solve(mv, b):
+            x, (rel, tol, its, ok) = _run_solve(fn, mv, b, check=check)
+            return _checks.guard(
+                x, rel, tol, its, mode=check, ok=ok, site=site,
+                label="relative residual ‖b − A u‖/‖b‖",
+                what=f"the linear solve of the implicit derivative ({fname}, {system})",
+            )  # fmt: skip
+
+        return solve
+
     @jax.custom_jvp
     def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
         out = solver_c(init, dyn_leaves, *s_consts)
@@ -489,11 +504,21 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
                 fwd_c, l_fwd, "system ∂ₓF u = b" if bwd_c is None else "tangent system ∂ₓF u = b"
             )
             bwd = fwd if bwd_c is None else guarded(bwd_c, l_bwd, "adjoint system (∂ₓF)ᵀ u = b")
+            if builtin:
+                fwd_mv = guarded_mv(
+                    cfg.solve,
+                    "system ∂ₓF u = b" if bwd_c is None else "tangent system ∂ₓF u = b",
+                )
+                bwd_mv = (
+                    fwd_mv if bwd_c is None
+                    else guarded_mv(cfg.transpose_solve or cfg.solve, "adjoint system (∂ₓF)ᵀ u = b")
+                )  # fmt: skip
+            else:
+                fwd_mv = lambda _mv, b: fwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
+                bwd_mv = lambda _mv, b: bwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
             sol_dot = _implicit_tangent(
                 F_x, F_theta, sol, [theta_all[i] for i in live], [dot_all[i] for i in live],
-                lambda b: fwd(sol, dyn_leaves, f_consts, b),
-                lambda b: bwd(sol, dyn_leaves, f_consts, b),
-                cfg.symmetric,
+                fwd_mv, bwd_mv, cfg.symmetric,
             )  # fmt: skip
         else:
             sol_dot = jax.tree.map(jnp.zeros_like, sol)

@@ -168,6 +168,18 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
     return value, (prim, inf_norm(rd), gap)
 
 
+def first_true(conds, values, default) -> jax.Array:
+    """``values[i]`` for the first true ``conds[i]``, else ``default`` (int32).
+
+    Nested ``where`` rather than ``jnp.select``, whose stacked literal conditions
+    cannot be batched over an Explicit mesh axis (vmap of a sharded batch).
+    """
+    out = jnp.asarray(default, jnp.int32)
+    for c, v in reversed(list(zip(conds, values, strict=True))):
+        out = jnp.where(c, jnp.asarray(v, jnp.int32), out)
+    return out
+
+
 def is_convex(Qs):
     """Whether the (scaled, ``‖Q̂‖ ≤ 1``) ``Q̂`` is positive semidefinite up to ``eps^0.4``.
 
@@ -255,12 +267,12 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
             <= eps_inf * t_d
         )
         finite = jnp.all(jnp.isfinite(it.x)) & jnp.all(jnp.isfinite(it.z))
-        status = jnp.select(
+        status = first_true(
             [~convex, best_merit <= 1.0, jnp.any(infeasible_row) | p_inf, d_inf,
              finite & scaled_done(it), finite & (k < maxiter)],
             [NON_CONVEX, SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, INACCURATE, -1],
             MAX_ITERATIONS,
-        ).astype(jnp.int32)  # fmt: skip
+        )  # fmt: skip
         return _State(it, best, best_merit, k, status)
 
     # Initial point: x from min ½xᵀQx + qᵀx + ½‖Gx − h_c‖² s.t. Ax = b (h clipped so
@@ -320,7 +332,10 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         new = body(state)
         return jax.tree.map(lambda a, b_: jnp.where(state.status < 0, a, b_), new, state)
 
-    first = classify(start, start, jnp.array(jnp.inf, dtype), jnp.int32(0))
+    # Scalars typed like the data, not literals: a literal has no mesh in its type,
+    # which breaks vmap over an Explicit mesh axis.
+    zero = jnp.zeros_like(jnp.sum(start.x), dtype=dtype)
+    first = classify(start, start, zero + jnp.inf, zero.astype(jnp.int32))
     final = jax.lax.while_loop(lambda st: st.status < 0, frozen_body, first)
     # A diverging iterate is the certificate, a scaled-converged one identifies the
     # active set; otherwise the most accurate one (by the honest rule) is returned.

@@ -141,5 +141,6 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
         return k + 1, d, e_new, size_new, size
 
     # A loop, not unrolled: keeps compile time down (the solve is traced once).
-    inf = jnp.array(jnp.inf, size.dtype)
-    return jax.lax.while_loop(cond, body, (jnp.int32(0), d, e, size, inf))[1]
+    # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
+    inf = jnp.zeros_like(size) + jnp.inf
+    return jax.lax.while_loop(cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf))[1]

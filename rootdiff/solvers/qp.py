@@ -387,11 +387,11 @@ def _final_status(ipm_status, value, tol, atol):
     )
     loose = jnp.sqrt(jnp.maximum(jnp.asarray(tol, value.dtype), jnp.finfo(value.dtype).eps))
     loose = loose / jnp.maximum(jnp.asarray(tol, value.dtype), jnp.finfo(value.dtype).eps)
-    return jnp.select(
+    return _ipm.first_true(
         [certified, value <= 1.0, value <= loose],
         [ipm_status, QPStatus.SOLVED, QPStatus.INACCURATE],
         QPStatus.MAX_ITERATIONS,
-    ).astype(jnp.int32)
+    )
 
 
 def _guard(sol, value, iterations, ok, check):
