@@ -18,6 +18,7 @@ fixed shapes (``jit``/``vmap``-friendly, one ``lax.while_loop``):
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -153,19 +154,25 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
         jnp.maximum(jnp.max(jnp.abs(A), axis=0, initial=0.0) * ny,
                     jnp.max(jnp.abs(Gf), axis=0, initial=0.0) * nz),
     )  # fmt: skip
-    terms = jnp.stack([x @ Qx, q @ x, b @ y, hf @ z])
-    gap = jnp.abs(jnp.sum(terms))
+    terms = [x @ Qx, q @ x, b @ y, hf @ z]
+    gap = jnp.abs(sum(terms))
 
     def ratio(r, s):
         return jnp.max(r / jnp.maximum(atol + tol * s, tiny), initial=0.0)
 
-    value = jnp.max(jnp.stack([
+    value = max_of(
         ratio(jnp.abs(rpe), sc_e), ratio(rpi, sc_i), ratio(jnp.abs(rd), sc_d),
-        gap / jnp.maximum(atol + tol * jnp.max(jnp.abs(terms)), tiny),
-    ]))  # fmt: skip
+        gap / jnp.maximum(atol + tol * max_of(*map(jnp.abs, terms)), tiny),
+    )  # fmt: skip
     value = jnp.where(jnp.isnan(value), jnp.inf, value)
     prim = jnp.maximum(inf_norm(rpe), inf_norm(rpi))
     return value, (prim, inf_norm(rd), gap)
+
+
+def max_of(*xs) -> jax.Array:
+    """Elementwise maximum of scalars (not ``jnp.max(jnp.stack(...))``: stacking a
+    batched with an unbatched scalar fails under vmap over an Explicit mesh axis)."""
+    return functools.reduce(jnp.maximum, xs)
 
 
 def first_true(conds, values, default) -> jax.Array:
@@ -240,14 +247,11 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         x, y, z, s = it
         Qx = Qs @ x
         rd = Qx + qs + As.T @ y + Gs.T @ z
-        sc_d = 1.0 + jnp.max(jnp.stack([inf_norm(Qx), inf_norm(qs), inf_norm(As.T @ y),
-                                        inf_norm(Gs.T @ z)]))  # fmt: skip
+        sc_d = 1.0 + max_of(inf_norm(Qx), inf_norm(qs), inf_norm(As.T @ y), inf_norm(Gs.T @ z))
         Ax, Gx = As @ x, Gs @ x
         rp = jnp.maximum(inf_norm(Ax - bs), inf_norm(Gx + s - hs))
-        sc_p = 1.0 + jnp.max(jnp.stack([inf_norm(Ax), inf_norm(bs), inf_norm(Gx),
-                                        inf_norm(s), inf_norm(hs)]))  # fmt: skip
-        terms = jnp.stack([x @ Qx, qs @ x, bs @ y, hs @ z])
-        sc_g = 1.0 + jnp.max(jnp.abs(terms))
+        sc_p = 1.0 + max_of(inf_norm(Ax), inf_norm(bs), inf_norm(Gx), inf_norm(s), inf_norm(hs))
+        sc_g = 1.0 + max_of(*map(jnp.abs, [x @ Qx, qs @ x, bs @ y, hs @ z]))
         return (inf_norm(rd) <= tol * sc_d) & (rp <= tol * sc_p) & (jnp.dot(s, z) <= tol * sc_g)
 
     def classify(it, best, best_merit, k):

@@ -18,6 +18,8 @@ exact system is singular the error stays put instead of blowing up).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -126,7 +128,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
 
     def err(d):
         e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return e, jnp.max(jnp.stack([inf_norm(v) for v in jax.tree.leaves(e)]))
+        return e, functools.reduce(jnp.maximum, [inf_norm(v) for v in jax.tree.leaves(e)])
 
     e, size = err(d)
 
