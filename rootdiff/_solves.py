@@ -116,7 +116,11 @@ def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve,
 
     def on_pytrees(solve):
         # ``solve(mv, r)`` on pytrees, given custom_linear_solve's flat operator ``mv``.
-        return lambda mv, r: flat(lambda t: solve(lambda u: unravel(flat(mv)(u)), t))(r)
+        def flat_solve(mv, r):
+            mv_tree = lambda u: unravel(mv(ravel_pytree(u)[0].astype(b.dtype)))  # noqa: E731
+            return ravel_pytree(solve(mv_tree, unravel(r)))[0].astype(b.dtype)
+
+        return flat_solve
 
     x = jax.lax.custom_linear_solve(
         flat(matvec),
