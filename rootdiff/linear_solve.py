@@ -131,9 +131,16 @@ def _reduced(*xs: jax.Array) -> P | None:
     return P() if _explicitly_sharded(*xs) else None
 
 
+def _matmul(a, b, out_sharding):
+    # ``out_sharding`` only when needed: jax < 0.6 has no such argument.
+    if out_sharding is None:
+        return jnp.matmul(a, b)
+    return jnp.matmul(a, b, out_sharding=out_sharding)
+
+
 def _vdot(x, y):
     """``Σ conj(x) y`` on flat vectors; replicated when ``x``/``y`` are sharded."""
-    return jnp.matmul(jnp.conj(x), y, out_sharding=_reduced(x, y))
+    return _matmul(jnp.conj(x), y, _reduced(x, y))
 
 
 def _norm(x):
@@ -347,9 +354,9 @@ def gmres(
         def inner_body(state):
             j, V, R, g, cs, sn = state
             w = mv(prec(V[j]))
-            h = jnp.matmul(V, w, out_sharding=red)  # rows > j of V are zero
+            h = _matmul(V, w, red)  # rows > j of V are zero
             w = w - V.T @ h
-            h2 = jnp.matmul(V, w, out_sharding=red)  # re-orthogonalise (CGS2)
+            h2 = _matmul(V, w, red)  # re-orthogonalise (CGS2)
             w = w - V.T @ h2
             h = h + h2
             h_next = _norm(w)
