@@ -442,14 +442,17 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             what=f"the forward solve ({fname}: estimated error of the solution)",
         )  # fmt: skip
 
+    def reported(x, info, system):
+        rel, tol, its, ok = info
+        return _checks.guard(
+            x, rel, tol, its, mode=check, ok=ok, site=site,
+            label="relative residual ‖b − A u‖/‖b‖",
+            what=f"the linear solve of the implicit derivative ({fname}, {system})",
+        )  # fmt: skip
+
     def guarded(raw, consts, system):
         def solve(sol, dyn_leaves, fc, b):
-            x, (rel, tol, its, ok) = raw(sol, dyn_leaves, fc, b, *consts)
-            return _checks.guard(
-                x, rel, tol, its, mode=check, ok=ok, site=site,
-                label="relative residual ‖b − A u‖/‖b‖",
-                what=f"the linear solve of the implicit derivative ({fname}, {system})",
-            )  # fmt: skip
+            return reported(*raw(sol, dyn_leaves, fc, b, *consts), system)
 
         return solve
 
@@ -458,12 +461,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         # custom_linear_solve hands it (rebuilding the operator inside the solve from
         # closed-over values breaks the varying-axes types under shard_map).
         def solve(mv, b):
-            x, (rel, tol, its, ok) = _run_solve(fn, mv, b, check=check)
-            return _checks.guard(
-                x, rel, tol, its, mode=check, ok=ok, site=site,
-                label="relative residual ‖b − A u‖/‖b‖",
-                what=f"the linear solve of the implicit derivative ({fname}, {system})",
-            )  # fmt: skip
+            return reported(*_run_solve(fn, mv, b, check=check), system)
 
         return solve
 
