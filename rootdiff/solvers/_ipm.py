@@ -18,14 +18,13 @@ fixed shapes (``jit``/``vmap``-friendly, one ``lax.while_loop``):
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rootdiff.solvers import _kkt
-from rootdiff.solvers._kkt import inf_norm
+from rootdiff.solvers._kkt import inf_norm, max_of
 
 #: ``h_i`` at least this large is "no constraint" (OSQP/qpax users write 1e20).
 HUGE = 1e20
@@ -167,12 +166,6 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
     value = jnp.where(jnp.isnan(value), jnp.inf, value)
     prim = jnp.maximum(inf_norm(rpe), inf_norm(rpi))
     return value, (prim, inf_norm(rd), gap)
-
-
-def max_of(*xs) -> jax.Array:
-    """Elementwise maximum of scalars (not ``jnp.max(jnp.stack(...))``: stacking a
-    batched with an unbatched scalar fails under vmap over an Explicit mesh axis)."""
-    return functools.reduce(jnp.maximum, xs)
 
 
 def first_true(conds, values, default) -> jax.Array:

@@ -31,6 +31,12 @@ def inf_norm(v):
     return jnp.max(jnp.abs(v), initial=0.0)
 
 
+def max_of(*xs) -> jax.Array:
+    """Elementwise maximum of scalars (not ``jnp.max(jnp.stack(...))``: stacking a
+    batched with an unbatched scalar fails under vmap over an Explicit mesh axis)."""
+    return functools.reduce(jnp.maximum, xs)
+
+
 def regularisation(dtype) -> float:
     """``ρ = δ`` of the regularised systems (on equilibrated data, entries ≈ 1).
 
@@ -128,7 +134,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
 
     def err(d):
         e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return e, functools.reduce(jnp.maximum, [inf_norm(v) for v in jax.tree.leaves(e)])
+        return e, max_of(*[inf_norm(v) for v in jax.tree.leaves(e)])
 
     e, size = err(d)
 
