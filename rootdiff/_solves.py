@@ -7,6 +7,7 @@ residual; :func:`_implicit_tangent` poses the tangent system through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxpr_as_fun
 from jax.flatten_util import ravel_pytree
 
 from rootdiff import linear_solve as _ls
@@ -69,23 +71,23 @@ def _stated_tol(fn: Callable[..., Any], n: int, dtype: Any) -> float:
     return float("nan")
 
 
-def _run_solve(fn, matvec, b, *, check: str):
+def _run_solve(fn, matvec, b, *, check: str, **opts):
     """``fn(matvec, b)`` and ``(relative residual, tolerance, iterations, ok)``.
 
     Built-in solvers report their own convergence. A user's callable is checked by
     one extra matvec, ``‖b − A x‖ ≤ sqrt(eps) ‖b‖``: this is what catches a ``solve``
     that ignores the operator it is given (e.g. a pre-factorised forward solve
-    used for the transposed system).
+    used for the transposed system). ``opts`` (a solver's hints) are passed on.
     """
     b_flat = ravel_pytree(b)[0]
     dtype = _real_dtype(b_flat.dtype)
     n = b_flat.size
     if _accepts_info(fn):
-        x, info = fn(matvec, b, return_info=True)
+        x, info = fn(matvec, b, return_info=True, **opts)
         rel = info.residual_norm / jnp.where(info.b_norm > 0, info.b_norm, 1.0)
         tol = _stated_tol(fn, n, dtype)
         return x, (rel.astype(dtype), jnp.asarray(tol, dtype), info.iterations, info.converged)
-    x = fn(matvec, b)
+    x = fn(matvec, b, **opts)
     if check == "off":
         one = jnp.ones((), dtype)
         return x, (0 * one, one, jnp.asarray(-1, jnp.int32), jnp.asarray(True))
@@ -122,7 +124,8 @@ def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve,
 
         return flat_solve
 
-    x = jax.lax.custom_linear_solve(
+    solve = _linear_solve_manual if _manual_axes() else jax.lax.custom_linear_solve
+    x = solve(
         flat(matvec),
         b,
         solve=on_pytrees(fwd_solve),
@@ -130,3 +133,74 @@ def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve,
         symmetric=symmetric,
     )
     return unravel(x)
+
+
+# --------------------------------------------------------------------------- shard_map
+
+
+def _manual_axes() -> frozenset:
+    """The mesh axes made manual by an enclosing ``shard_map`` (empty outside one)."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get() if get is not None else None
+    return frozenset(getattr(mesh, "manual_axes", ()) or ())
+
+
+def _vma(x: Any) -> frozenset:
+    """The manual axes along which ``x`` varies (its type under ``shard_map``)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax >= 0.9; earlier versions: aval.vma
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def _pvary_to(x: jax.Array, axes: frozenset) -> jax.Array:
+    missing = tuple(sorted(axes - _vma(x)))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)  # pragma: no cover - jax < 0.8
+
+
+def _no_auto_pcast():
+    try:
+        from jax._src.config import auto_pcast
+    except ImportError:  # pragma: no cover - JAX without automatic pvary insertion
+        return contextlib.nullcontext()
+    return auto_pcast(False)
+
+
+def _linear_solve_manual(matvec, b, *, solve, transpose_solve, symmetric):
+    """``jax.lax.custom_linear_solve`` inside ``shard_map``, with consistent types.
+
+    ``custom_linear_solve`` traces its ``matvec``/``solve`` functions with the
+    types of the values they close over, then casts every closed-over value to
+    the union of their varying axes (automatic ``pvary``). A function that
+    closes over both device-invariant values (a factorisation of replicated
+    data, a constant) and device-varying ones then holds a jaxpr typed for the
+    invariant value but receives the varying one, and lowering fails ("Primitive
+    mul requires varying manual axes to match"). Here each function is traced
+    first, with the right-hand side cast to the union ``U`` of all the varying
+    axes involved; the solve is then posed on replays of those jaxprs with the
+    automatic cast off, so every jaxpr sees exactly the types it was traced
+    with, and the solution is typed as varying along ``U``.
+    """
+    if symmetric:
+        vecmat = matvec
+    else:
+        vecmat = lambda u: jax.linear_transpose(matvec, b)(u)[0]  # noqa: E731
+    fns = (matvec, lambda r: solve(matvec, r), lambda r: transpose_solve(vecmat, r))
+    jaxprs = [jax.make_jaxpr(f)(b) for f in fns]
+    axes = _vma(b).union(*(_vma(c) for j in jaxprs for c in j.consts))
+    if axes != _vma(b):
+        b = _pvary_to(b, axes)
+        vecmat = matvec if symmetric else (lambda u: jax.linear_transpose(matvec, b)(u)[0])
+        jaxprs = [jax.make_jaxpr(f)(b) for f in fns]
+
+    def replay(j):
+        return lambda v: _pvary_to(jaxpr_as_fun(j)(v)[0], axes)
+
+    mv, s, ts = map(replay, jaxprs)
+    with _no_auto_pcast():
+        return jax.lax.custom_linear_solve(
+            mv, b, solve=lambda _, r: s(r), transpose_solve=lambda _, r: ts(r), symmetric=symmetric
+        )
