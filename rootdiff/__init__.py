@@ -4,6 +4,7 @@ from rootdiff import layers, linear_solve, projections, prox
 from rootdiff._checks import ConvergenceError, ConvergenceWarning
 from rootdiff.implicit import (
     RootInfo,
+    SolveHint,
     argmin,
     custom_fixed_point,
     custom_root,
@@ -23,6 +24,7 @@ __all__ = [
     "QPInfo",
     "QPStatus",
     "RootInfo",
+    "SolveHint",
     "argmin",
     "bisection",
     "custom_fixed_point",

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from rootdiff import _checks
+from rootdiff import _checks, _eager, _hints
 from rootdiff import linear_solve as _ls
 from rootdiff._root_products import RootInfo, root_jvp, root_vjp
 from rootdiff._solves import (
@@ -66,7 +66,10 @@ __all__ = [
     "root_vjp",
     "argmin",
     "RootInfo",
+    "SolveHint",
 ]
+
+SolveHint = _hints.SolveHint
 
 
 def default_residual_tol(sol: PyTree) -> float:
@@ -112,21 +115,23 @@ class _Config(NamedTuple):
     solve: Callable[..., Any]
     transpose_solve: Callable[..., Any] | None
     has_aux: bool
+    hints: bool
     symmetric: bool
     check: str
     residual_tol: float | None
     step_tol: float | None
 
 
-def _config(solve, transpose_solve, has_aux, symmetric, check, residual_tol, step_tol):
+def _config(solve, transpose_solve, has_aux, symmetric, check, residual_tol, step_tol, hints):
     _checks.validate_mode(check)
     _ls.get_solver(solve)  # fail early on unknown names
     tsolve = None if transpose_solve is None else _resolve_solver(transpose_solve, symmetric)
     for name, tol in (("residual_tol", residual_tol), ("step_tol", step_tol)):
         if tol is not None and not float(tol) >= 0:
             raise ValueError(f"{name} must be a number >= 0 (or None); got {tol!r}")
+    _hints.check_solves(hints, [_ls.get_solver(solve), tsolve])
     return _Config(
-        _resolve_solver(solve, symmetric), tsolve, has_aux, symmetric, check,
+        _resolve_solver(solve, symmetric), tsolve, has_aux, bool(hints), symmetric, check,
         None if residual_tol is None else float(residual_tol),
         None if step_tol is None else float(step_tol),
     )  # fmt: skip
@@ -145,6 +150,7 @@ def custom_root(
     check: str = "warn",
     residual_tol: float | None = None,
     step_tol: float | None = None,
+    hints: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     r"""Decorator: make ``solver(init_params, *args, **kwargs)`` differentiable implicitly.
 
@@ -197,6 +203,15 @@ def custom_root(
         solve with ``solve``, only when ``check`` is on). Default 1e-5 in float64,
         1e-3 in float32 (:func:`default_step_tol`): about the relative accuracy
         the solution, and usually the derivative, then has.
+      hints: the solver also returns a :class:`SolveHint` — ``(params, hint)``, or
+        ``(params, aux, hint)`` with ``has_aux`` — whose preconditioner and
+        initial guesses the derivative's Krylov solves use. The decorated
+        function returns what it would without hints. A hint changes only the
+        number of iterations, not the derivative (beyond the solve's tolerance).
+
+    Called outside ``jax.jit``, the decorated function is compiled once per
+    input shapes (and non-array arguments) and reused, derivatives included, as
+    a jitted function would be; so the solver must be pure, as under ``jit``.
 
     Returns:
       A decorator; the decorated function has the solver's signature.
@@ -214,13 +229,18 @@ def custom_root(
       >>> round(float(g), 6)                           # d a^(1/3)/da = 1/12
       0.083333
     """
-    cfg = _config(solve, transpose_solve, has_aux, symmetric, check, residual_tol, step_tol)
+    cfg = _config(solve, transpose_solve, has_aux, symmetric, check, residual_tol, step_tol, hints)
 
     def decorator(solver: Callable[..., Any]) -> Callable[..., Any]:
+        def call(site, init_params, *args, **kwargs):
+            return _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg, site)
+
+        cached = _eager.cached_call(call)  # repeated calls outside jit: traced once
+
         @functools.wraps(solver)
         def wrapped(init_params: PyTree, *args: Any, **kwargs: Any) -> Any:
             site = _checks.user_site() if cfg.check in ("warn", "raise") else None
-            return _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg, site)
+            return cached(site, init_params, *args, **kwargs)
 
         return wrapped
 
@@ -237,11 +257,12 @@ def custom_fixed_point(
     check: str = "warn",
     residual_tol: float | None = None,
     step_tol: float | None = None,
+    hints: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for a solver returning ``params = fixed_point_fun(params, *args, **kwargs)``.
 
     Equivalent to :func:`custom_root` with ``F(x, θ) = T(x, θ) − x``; all options
-    are as there.
+    are as there (``hints``: a :class:`SolveHint` for ``∂ₓF = ∂ₓT − I``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -267,6 +288,7 @@ def custom_fixed_point(
     return custom_root(
         optimality_fun, solve=solve, transpose_solve=transpose_solve, has_aux=has_aux,
         symmetric=symmetric, check=check, residual_tol=residual_tol, step_tol=step_tol,
+        hints=hints,
     )  # fmt: skip
 
 
@@ -278,6 +300,7 @@ def argmin(
     check: str = "warn",
     residual_tol: float | None = None,
     step_tol: float | None = None,
+    hints: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: differentiable ``argmin_x objective(x, *args, **kwargs)``.
 
@@ -285,10 +308,10 @@ def argmin(
     on the optimality condition ``∇ₓ objective(x, θ) = 0``. The Hessian is
     symmetric, so ``"auto"`` uses a dense solve for small problems and CG
     (Hessian-vector products, no Hessian materialised) for large ones, and no
-    ``transpose_solve`` is needed. ``check``, ``residual_tol`` and ``step_tol`` are
-    as in :func:`custom_root` (the default forward test bounds the Newton step
-    ``H⁻¹∇f`` relative to ``x``, so it sees a weakly curved objective whose
-    gradient is small but whose minimiser is far).
+    ``transpose_solve`` is needed. ``check``, ``residual_tol``, ``step_tol`` and
+    ``hints`` are as in :func:`custom_root` (the default forward test bounds the
+    Newton step ``H⁻¹∇f`` relative to ``x``, so it sees a weakly curved objective
+    whose gradient is small but whose minimiser is far).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -314,7 +337,7 @@ def argmin(
         pass
     return custom_root(
         gradient, solve=solve, has_aux=has_aux, symmetric=True, check=check,
-        residual_tol=residual_tol, step_tol=step_tol,
+        residual_tol=residual_tol, step_tol=step_tol, hints=hints,
     )  # fmt: skip
 
 
@@ -337,11 +360,19 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
     # Hoist closed-over tracers into explicit inputs (tangents of the solver's are dropped).
     solver_c, s_consts, out_shape = _convert(solver_flat, init_params, dyn)
-    if has_aux:
-        if not (isinstance(out_shape, tuple) and len(out_shape) == 2):
+    n_out = 1 + has_aux + cfg.hints  # (params[, aux][, hint])
+    if n_out > 1:
+        parts = ["params"] + ["aux"] * has_aux + ["hint"] * cfg.hints
+        options = " and ".join(o for o, on in (("has_aux", has_aux), ("hints", cfg.hints)) if on)
+        if not (isinstance(out_shape, tuple) and len(out_shape) == n_out):
             raise TypeError(
-                f"with has_aux=True the solver must return (params, aux); it returned "
-                f"{_describe(out_shape)}"
+                f"with {options}=True the solver must return ({', '.join(parts)}); it "
+                f"returned {_describe(out_shape)}"
+            )
+        if cfg.hints and not isinstance(out_shape[-1], _hints.SolveHint):
+            raise TypeError(
+                f"with hints=True the solver's last output must be a rootdiff.SolveHint; "
+                f"got {type(out_shape[-1]).__name__}"
             )
         sol_shape = out_shape[0]
     else:
@@ -456,28 +487,30 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
         return solve
 
-    def guarded_mv(fn, system):
-        # A built-in solver closes over nothing: it uses the operator that
-        # custom_linear_solve hands it (rebuilding the operator inside the solve from
-        # closed-over values breaks the varying-axes types under shard_map).
+    def guarded_mv(fn, system, M=None, init=None):
+        # A built-in solver uses the operator that custom_linear_solve hands it;
+        # M and init are the solver's hints, if any.
         def solve(mv, b):
-            return reported(*_run_solve(fn, mv, b, check=check), system)
+            run = functools.partial(_run_solve, check=check)
+            return reported(*_hints.solve(fn, mv, b, M, init, run), system)
 
         return solve
 
     @jax.custom_jvp
     def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
         out = solver_c(init, dyn_leaves, *s_consts)
-        sol = view(out[0] if has_aux else out)
+        sol = view(out[0] if n_out > 1 else out)
         if check != "off":
             sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
-        return (sol, jax.tree.map(_encode_aux, out[1])) if has_aux else sol
+        if n_out == 1:
+            return sol
+        return sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])
 
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
         _, dyn_dot, _, f_consts_dot, _, _ = tangents
         out = root(*primals)
-        sol = out[0] if has_aux else out
+        sol = out[0] if n_out > 1 else out
 
         # θ: the floating inputs of F that carry a non-zero tangent.
         theta_all = list(dyn_leaves) + list(f_consts)
@@ -503,13 +536,21 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             )
             bwd = fwd if bwd_c is None else guarded(bwd_c, l_bwd, "adjoint system (∂ₓF)ᵀ u = b")
             if builtin:
+                hint = _view_hint(out[1][-1]) if cfg.hints else None
+                M, init = _hints.for_system(hint, False, cfg.symmetric, sol)
                 fwd_mv = guarded_mv(
                     cfg.solve,
                     "system ∂ₓF u = b" if bwd_c is None else "tangent system ∂ₓF u = b",
-                )
+                    M, init,
+                )  # fmt: skip
+                M, init = _hints.for_system(hint, True, cfg.symmetric, sol)
                 bwd_mv = (
-                    fwd_mv if bwd_c is None
-                    else guarded_mv(cfg.transpose_solve or cfg.solve, "adjoint system (∂ₓF)ᵀ u = b")
+                    fwd_mv if bwd_c is None and hint is None
+                    else guarded_mv(
+                        cfg.transpose_solve or cfg.solve,
+                        "system ∂ₓF u = b" if bwd_c is None else "adjoint system (∂ₓF)ᵀ u = b",
+                        M, init,
+                    )
                 )  # fmt: skip
             else:
                 fwd_mv = lambda _mv, b: fwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
@@ -525,13 +566,27 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         sol_dot = jax.tree.map(
             lambda t, s: t * jnp.where(jnp.isfinite(s), 1, jnp.nan).astype(t.dtype), sol_dot, sol
         )
-        if has_aux:
+        if n_out > 1:
             return out, (sol_dot, jax.tree.map(_zero_tangent, out[1]))
         return out, sol_dot
 
+    def _view_hint(encoded):
+        # The hint, decoded, on the real view of complex params.
+        hint = jax.tree.map(_decode_aux, encoded, out_shape[-1])
+        if not real:
+            return hint
+        lift = lambda f: None if f is None else (lambda v: view(f(unview(v))))  # noqa: E731
+        return _hints.SolveHint(
+            lift(hint.precond), lift(hint.transpose_precond),
+            None if hint.init is None else view(hint.init),
+            None if hint.transpose_init is None else view(hint.transpose_init),
+        )  # fmt: skip
+
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
     out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)
+    if n_out == 1:
+        return unview(out)
     if has_aux:
-        aux = jax.tree.map(_decode_aux, out[1], out_shape[1])
+        aux = jax.tree.map(_decode_aux, out[1][0], out_shape[1])
         return unview(out[0]), jax.lax.stop_gradient(aux)
-    return unview(out)
+    return unview(out[0])
