@@ -6,7 +6,8 @@ A check compares scalar measures against thresholds and, depending on ``mode``:
 * ``"warn"`` — emits a :class:`ConvergenceWarning` from the host, attributed to the
   user's line that called the solver (the first frame outside rootdiff and JAX);
 * ``"raise"`` — raises :class:`ConvergenceError` from the host (under ``jit`` it
-  surfaces as an ``XlaRuntimeError`` carrying the same message);
+  surfaces as an ``XlaRuntimeError`` carrying the same message; on a mesh set by
+  ``jax.sharding.set_mesh`` and under ``shard_map`` every device raises);
 * ``"nan"`` — replaces the guarded value by NaN, and its derivative too (pure, no
   host round trip; see :func:`poison`).
 
@@ -119,13 +120,26 @@ def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
     """
     host = functools.partial(_host_report, mode=mode, what=what, labels=labels, site=site)
 
-    @jax.custom_batching.custom_vmap
-    def report(n_bad, n_total, values, thresholds, iterations):
+    def run(n_bad, n_total, values, thresholds, iterations):
         def call():
             shape = jax.ShapeDtypeStruct((), jnp.float32)
             return jax.pure_callback(host, shape, n_bad, n_total, values, thresholds, iterations)
 
         return jax.lax.cond(n_bad > 0, call, lambda: jnp.zeros((), jnp.float32))
+
+    @jax.custom_batching.custom_vmap
+    def report(n_bad, n_total, values, thresholds, iterations):
+        mesh = _sharded_mesh() if mode == "raise" else None
+        if mesh is None:
+            return run(n_bad, n_total, values, thresholds, iterations)
+        # On a mesh, JAX runs a callback on device 0 only; if it raises there, the
+        # other devices wait for device 0 in their next collective until XLA's
+        # rendezvous timeout aborts the process. The report's inputs are the same on
+        # every device (reduced over the batch), so run it on every device: all of
+        # them raise at the same point, and the error reaches the caller.
+        P = jax.sharding.PartitionSpec
+        per_device = jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P())
+        return per_device(n_bad, n_total, values, thresholds, iterations)
 
     @report.def_vmap
     def report_vmap(axis_size, in_batched, *args):
@@ -146,6 +160,18 @@ def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
         return jnp.broadcast_to(out, (axis_size, *jnp.shape(out))), True
 
     return report
+
+
+def _sharded_mesh():
+    """The mesh of an enclosing ``jax.sharding.set_mesh`` with several devices and
+    no manual axes (under ``shard_map`` callbacks already run on every device)."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get() if get is not None else None
+    if mesh is None or getattr(mesh, "empty", True) or mesh.size <= 1:
+        return None
+    if getattr(mesh, "manual_axes", ()):
+        return None
+    return mesh
 
 
 # --------------------------------------------------------------------------- nan mode

@@ -130,7 +130,8 @@ def _all(cases, jacfwd=True):
 
 
 def _checks_on_explicit_mesh(mesh):
-    """A backward solve that fails (GMRES, 1 iteration) is flagged on a sharded batch."""
+    """A backward solve that fails (GMRES, 1 iteration) is flagged on a sharded batch,
+    in every check mode."""
     import functools
     import warnings
 
@@ -146,11 +147,21 @@ def _checks_on_explicit_mesh(mesh):
         A = jax.device_put(np.diag(np.linspace(1, 10, 6)) + 0.3 * np.eye(6, k=1), P())
         solve = functools.partial(rootdiff.linear_solve.gmres, maxiter=1)
         th = jax.device_put(thetas, P("b"))
-        for check in ("warn", "nan"):
+        for check in ("warn", "nan", "raise"):
             sol = rootdiff.custom_root(lambda x, t: A @ x - t, solve=solve, check=check)(
                 lambda x, t: jnp.linalg.solve(A, t)
             )
             f = jax.jit(jax.vmap(jax.grad(lambda t: jnp.sum(sol(jnp.zeros_like(t), t) ** 2))))
+            if check == "raise":
+                # Every device raises (a raise on device 0 alone would leave the
+                # others waiting until XLA aborts the process).
+                try:
+                    np.asarray(f(th))
+                except Exception as e:  # XLA's runtime error carrying our message
+                    assert "did not converge" in str(e), e
+                else:
+                    raise AssertionError("check='raise' did not raise")
+                continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 g = np.asarray(f(th))
