@@ -59,6 +59,7 @@ def cached_call(call: Callable[..., Any]) -> Callable[..., Any]:
 
     ``site`` (where warnings point) is part of the cache key.
     """
+
     @functools.partial(jax.jit, static_argnums=(0, 1))
     def jitted(static, site, dyn):
         treedef, template, dyn_idx = static
