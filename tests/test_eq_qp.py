@@ -1,5 +1,7 @@
 """solve_eq_qp against a plain dense KKT solve differentiated by JAX (the reference)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,6 +112,20 @@ def test_derivative_reuses_the_forward_factorisation():
     vg = jax.value_and_grad(loss(rootdiff.solve_eq_qp), argnums=ARGNUMS)
     n_lu = sum(1 for e in jax.make_jaxpr(vg)(*args).eqns for _ in _lu_eqns(e))
     assert n_lu == 1, n_lu
+
+
+def _triangular_solves(fn, *args):
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return len(re.findall(r"trsm|triangular-solve\(", hlo))
+
+
+def test_no_more_triangular_solves_than_a_dense_solve():
+    """Value and gradient: one forward and one adjoint solve with the factorisation, as
+    ``jnp.linalg.solve`` differentiated by JAX (no refinement solves)."""
+    args = _problem(5)
+    ours = _triangular_solves(jax.value_and_grad(loss(rootdiff.solve_eq_qp), argnums=1), *args)
+    ref = _triangular_solves(jax.value_and_grad(loss(dense_kkt), argnums=1), *args)
+    assert 0 < ours <= ref, (ours, ref)
 
 
 def _lu_eqns(eqn):
