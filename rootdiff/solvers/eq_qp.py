@@ -129,9 +129,9 @@ def solve_eq_qp(
     The returned pair ``(x, y)`` solves the KKT system
     ``Q x + c + Aᵀ y = 0``, ``A x = b`` (``y`` is the multiplier of ``Ax = b``).
     Dense path (default): ``K = [[Q, Aᵀ], [A, 0]]`` is LU-factorised once
-    (``jax.scipy.linalg.lu_factor``, with a rounding-level regularisation, see the
+    (``jax.lax.linalg.lu``, with a rounding-level regularisation, see the
     module docstring); the forward solve and every derivative solve (JVP and VJP, to
-    any order) are refined triangular solves with that factorisation, so a
+    any order) are triangular solves with that factorisation, so a
     ``jit(value_and_grad(...))`` costs one factorisation. ``Q`` is assumed symmetric
     (its symmetric part ``(Q + Qᵀ)/2`` is used, so ``∂/∂Q`` is a symmetric matrix).
     A singular but consistent ``K`` (a repeated constraint row, a singular ``Q``
