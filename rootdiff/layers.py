@@ -18,9 +18,10 @@ Numerics. Both maps are shift-invariant (``x → x + c`` moves the threshold by
 ``c``), so each row is shifted by its maximum first: the bracket is then
 ``[−1, 0]`` for sparsemax and ``[logit(k/n) − 1, logit(k/n) − min + 1]`` for LML in
 the shifted scores, whatever ``|x|`` is, and the end ``τ = max − 1`` (support of
-size one) is exact and found. Bisection runs to its default, near machine
-precision, width; its final false-position step makes sparsemax's ``τ`` exact
-(``F`` is linear between kinks) and LML's ``ν`` accurate to ``O(width²)``.
+size one) is exact and found. For sparsemax, bisection runs to adjacent floats and
+its final false-position step makes ``τ`` exact (``F`` is linear between kinks). For
+LML it stops at width ``w = sqrt(eps)``: ``F(ν) = Σ sigmoid(zᵢ + ν) − k`` has
+``|F''/F'| ≤ 1``, so the false-position step's error is at most ``w²/8 ≤ eps/8``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,12 @@ def _lml_row(x: jax.Array, k: Any) -> jax.Array:
     z_min = jax.lax.stop_gradient(jnp.min(jnp.where(finite, z, 0.0)))
     lower = base - 1.0  # every term ≤ sigmoid(logit(k/m) − 1) < k/m
     upper = base - z_min + 1.0  # every finite term > k/m
-    nu = bisection(_lml_fun, lower, upper, z, k, solve=_lml_solve, check_bracket=False, check="off")
+    # Width sqrt(eps), then the false-position step: |F''/F'| ≤ 1 bounds its error by
+    # width²/8 ≤ eps/8 (rounding level) — 20-odd fewer steps than adjacent floats.
+    tol = float(jnp.finfo(z.dtype).eps) ** 0.5
+    nu = bisection(
+        _lml_fun, lower, upper, z, k, tol=tol, solve=_lml_solve, check_bracket=False, check="off"
+    )
     return jax.nn.sigmoid(z + nu)
 
 

@@ -1,5 +1,7 @@
 """solve_eq_qp against a plain dense KKT solve differentiated by JAX (the reference)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,29 +61,30 @@ def test_grad_matches_dense_reference():
 
 def test_check_grads_finite_differences():
     Q, c, A, b = _problem(2, n=3, p=1)
-    f = lambda *a: loss(rootdiff.solve_eq_qp)(*a)
+    f = jax.jit(loss(rootdiff.solve_eq_qp))
     check_grads(f, (Q, c, A, b), order=2, modes=["fwd", "rev"], eps=1e-4)
+
+
+def _all_modes(solver):
+    """jvp, jacfwd, jacrev in (c, b) and the Hessian in A, in one jitted function."""
+
+    @jax.jit
+    def modes(Q, c, A, b):
+        f = lambda c, b: solver(Q, c, A, b)
+        tangents = (jnp.ones_like(c), jnp.arange(P, dtype=b.dtype))
+        _, t = jax.jvp(f, (c, b), tangents)
+        hess = jax.hessian(loss(solver), argnums=2)(Q, c, A, b)
+        return t, jax.jacfwd(f, argnums=(0, 1))(c, b), jax.jacrev(f, argnums=(0, 1))(c, b), hess
+
+    return modes
 
 
 def test_jvp_jacfwd_jacrev_hessian():
     args = _problem(3)
-    ours = lambda c, b: rootdiff.solve_eq_qp(args[0], c, args[2], b)
-    ref = lambda c, b: dense_kkt(args[0], c, args[2], b)
-    c, b = args[1], args[3]
-    tangents = (jnp.ones_like(c), jnp.arange(P, dtype=b.dtype))
-    _, t_ours = jax.jvp(ours, (c, b), tangents)
-    _, t_ref = jax.jvp(ref, (c, b), tangents)
-    for a, r in zip(jax.tree.leaves(t_ours), jax.tree.leaves(t_ref)):
+    ours, ref = _all_modes(rootdiff.solve_eq_qp)(*args), _all_modes(dense_kkt)(*args)
+    for a, r in zip(jax.tree.leaves(ours[:3]), jax.tree.leaves(ref[:3])):
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-12)
-    for jac in (jax.jacfwd, jax.jacrev):
-        for a, r in zip(
-            jax.tree.leaves(jac(ours, argnums=(0, 1))(c, b)),
-            jax.tree.leaves(jac(ref, argnums=(0, 1))(c, b)),
-        ):
-            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-12)
-    h_ours = jax.hessian(loss(rootdiff.solve_eq_qp), argnums=2)(*args)
-    h_ref = jax.hessian(loss(dense_kkt), argnums=2)(*args)
-    np.testing.assert_allclose(h_ours, h_ref, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(ours[3], ref[3], rtol=1e-9, atol=1e-11)
 
 
 def test_gradient_wrt_Q_is_symmetric():
@@ -111,6 +114,20 @@ def test_derivative_reuses_the_forward_factorisation():
     assert n_lu == 1, n_lu
 
 
+def _triangular_solves(fn, *args):
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return len(re.findall(r"trsm|triangular-solve\(", hlo))
+
+
+def test_no_more_triangular_solves_than_a_dense_solve():
+    """Value and gradient: one forward and one adjoint solve with the factorisation, as
+    ``jnp.linalg.solve`` differentiated by JAX (no refinement solves)."""
+    args = _problem(5)
+    ours = _triangular_solves(jax.value_and_grad(loss(rootdiff.solve_eq_qp), argnums=1), *args)
+    ref = _triangular_solves(jax.value_and_grad(loss(dense_kkt), argnums=1), *args)
+    assert 0 < ours <= ref, (ours, ref)
+
+
 def _lu_eqns(eqn):
     """Yield every ``lu`` primitive in ``eqn`` and its sub-jaxprs."""
     if eqn.primitive.name == "lu":
@@ -123,12 +140,9 @@ def _lu_eqns(eqn):
                 yield from _lu_eqns(e)
 
 
-def test_matrix_free_path_matches_dense():
-    Q, c, A, b = _problem(6)
-    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
-    xm, ym = rootdiff.solve_eq_qp(None, c, A, b, matvec_Q=lambda v: Q @ v)
-    np.testing.assert_allclose(xm, x, rtol=1e-9, atol=1e-10)
-    np.testing.assert_allclose(ym, y, rtol=1e-9, atol=1e-10)
+@jax.jit
+def _matrix_free(Q, c, A, b):
+    x, y = rootdiff.solve_eq_qp(None, c, A, b, matvec_Q=lambda v: Q @ v)
 
     # Derivatives reach arrays closed over by matvec_Q.
     def f(Q, c):
@@ -137,7 +151,15 @@ def test_matrix_free_path_matches_dense():
             lambda Q, c, A, b: rootdiff.solve_eq_qp(None, c, A, b, matvec_Q=lambda v: sym @ v)
         )(Q, c, A, b)
 
-    gQ, gc = jax.grad(f, argnums=(0, 1))(Q, c)
+    return x, y, jax.grad(f, argnums=(0, 1))(Q, c)
+
+
+def test_matrix_free_path_matches_dense():
+    Q, c, A, b = _problem(6)
+    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
+    xm, ym, (gQ, gc) = _matrix_free(Q, c, A, b)
+    np.testing.assert_allclose(xm, x, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(ym, y, rtol=1e-9, atol=1e-10)
     rQ, rc = grad_ref(Q, c, A, b)[:2]
     np.testing.assert_allclose(gQ, rQ, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(gc, rc, rtol=1e-7, atol=1e-9)
@@ -145,10 +167,11 @@ def test_matrix_free_path_matches_dense():
 
 def test_float32(float32):
     Q, c, A, b = _problem(7, dtype=np.float32)
-    x, y = rootdiff.solve_eq_qp(Q, c, A, b)
+    x, _ = rootdiff.solve_eq_qp(Q, c, A, b)
     assert x.dtype == jnp.float32
-    g = jax.grad(loss(rootdiff.solve_eq_qp), argnums=1)(Q, c, A, b)
-    r = jax.grad(loss(dense_kkt), argnums=1)(Q, c, A, b)
+    g = grad_ours(Q, c, A, b)[1]
+    r = grad_ref(Q, c, A, b)[1]
+    assert g.dtype == jnp.float32
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4)
 
 

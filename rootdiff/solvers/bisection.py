@@ -31,9 +31,6 @@ ordinary differentiated input).
 
 from __future__ import annotations
 
-import functools
-import types
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,6 +41,8 @@ import numpy as np
 from rootdiff import _checks
 from rootdiff import linear_solve as _ls
 from rootdiff.implicit import custom_root
+from rootdiff.solvers._bisection_cache import _ARRAY, _compiled, _hoist, _is_concrete, _Uncacheable
+from rootdiff.solvers._bisection_loop import _bisect, _bracket, _sign_change
 
 __all__ = ["BisectionInfo", "bisection", "scalar_solve"]
 
@@ -83,33 +82,6 @@ def scalar_solve(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, *, retu
     return x, _ls.SolveInfo(residual, jnp.abs(b), jnp.ones((), jnp.int32), ok)
 
 
-# --------------------------------------------------------------------------- float ordering
-
-
-def _int_type(dtype: Any) -> Any:
-    return {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
-
-
-def _to_key(x: jax.Array) -> jax.Array:
-    """Monotone map float → signed integer (``-0.0`` and ``0.0`` both map to 0)."""
-    itype = _int_type(x.dtype)
-    i = jax.lax.bitcast_convert_type(x, itype)
-    magnitude = i & jnp.iinfo(itype).max
-    return jnp.where(i < 0, -magnitude, i)
-
-
-def _from_key(k: jax.Array, dtype: Any) -> jax.Array:
-    itype = k.dtype
-    i = jnp.where(k < 0, (-k) | jnp.asarray(jnp.iinfo(itype).min, itype), k)
-    return jax.lax.bitcast_convert_type(i, dtype)
-
-
-def _key_mid(lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """The float whose key is ``floor((key(lo) + key(hi)) / 2)`` (no integer overflow)."""
-    a, b = _to_key(lo), _to_key(hi)
-    return _from_key((a >> 1) + (b >> 1) + (a & b & 1), lo.dtype)
-
-
 # --------------------------------------------------------------------------- the solver
 
 
@@ -124,93 +96,6 @@ def _root_dtype(lower: Any, upper: Any, args: Any) -> Any:
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     return dtype
-
-
-def _sign_change(f_lo: jax.Array, f_hi: jax.Array) -> jax.Array:
-    return jnp.sign(f_lo) * jnp.sign(f_hi) <= 0  # False when either is NaN
-
-
-def _expand(F, lo, hi, f_lo, f_hi, max_expand, factor=2.0):
-    """Widen ``[lo, hi]`` geometrically until ``f`` changes sign (or ``max_expand``).
-
-    The end with the smaller ``|f|`` is the one nearer a root of a monotone ``f``:
-    the bracket moves past it, ``[hi, hi + w']`` or ``[lo − w', lo]``, its width
-    ``w'`` doubling each time; the old end becomes the new inner end (``f`` has no
-    sign change on the old bracket). On a tie (e.g. ``lower == upper``) both ends
-    move out. Returns the bracket, ``f`` at its ends and the
-    number of widenings.
-    """
-    scale = jnp.maximum(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), 1.0)
-
-    def cond(s):
-        lo, hi, f_lo, f_hi, j = s
-        finite = jnp.isfinite(f_lo) & jnp.isfinite(f_hi) & jnp.isfinite(lo) & jnp.isfinite(hi)
-        return ~_sign_change(f_lo, f_hi) & finite & (j < max_expand)
-
-    def body(s):
-        lo, hi, f_lo, f_hi, j = s
-        width = hi - lo
-        width = factor * jnp.where(width > 0, width, scale)
-        x_up, x_dn = hi + width, lo - width
-        f_up, f_dn = F(x_up), F(x_dn)
-        up, dn = jnp.abs(f_hi) < jnp.abs(f_lo), jnp.abs(f_lo) < jnp.abs(f_hi)  # both: a tie
-        new_lo = jnp.where(up, hi, x_dn)
-        new_hi = jnp.where(dn, lo, x_up)
-        f_lo, f_hi = jnp.where(up, f_hi, f_dn), jnp.where(dn, f_lo, f_up)
-        return new_lo, new_hi, f_lo, f_hi, j + 1
-
-    # Counters typed like the data: a literal has no mesh in its type, which breaks
-    # vmap over an Explicit mesh axis.
-    j0 = jnp.zeros_like(lo, dtype=jnp.int32)
-    return jax.lax.while_loop(cond, body, (lo, hi, f_lo, f_hi, j0))
-
-
-def _bracket(F, lower, upper, max_expand):
-    lo0, hi0 = jnp.minimum(lower, upper), jnp.maximum(lower, upper)
-    f_lo, f_hi = F(lo0), F(hi0)
-    if max_expand:
-        return _expand(F, lo0, hi0, f_lo, f_hi, max_expand)
-    return lo0, hi0, f_lo, f_hi, jnp.zeros_like(lo0, dtype=jnp.int32)
-
-
-def _bisect(F, lo, hi, f_lo, f_hi, *, tol, ftol, maxiter):
-    """The loop: returns the root (NaN without a sign change) and the final state."""
-    s_lo, s_hi = jnp.sign(f_lo), jnp.sign(f_hi)
-    bracketed = s_lo * s_hi <= 0
-    # A root exactly at an end collapses the bracket onto it.
-    at_lo, at_hi = s_lo == 0, (s_hi == 0) & (s_lo != 0)
-    lo, hi = jnp.where(at_hi, hi, lo), jnp.where(at_lo, lo, hi)
-    f_lo, f_hi = jnp.where(at_hi, f_hi, f_lo), jnp.where(at_lo, f_lo, f_hi)
-    closed0 = (hi - lo <= tol) | (_key_mid(lo, hi) == lo) | (lo == hi)
-    done = ~bracketed | closed0
-
-    def cond(state):
-        return ~state[-1] & (state[-2] < maxiter)
-
-    def body(state):
-        lo, hi, f_lo, f_hi, i, _ = state
-        mid = _key_mid(lo, hi)
-        f_mid = F(mid)
-        right = jnp.sign(f_mid) == s_lo  # the sign change is in [mid, hi]
-        zero = jnp.abs(f_mid) <= ftol
-        new_lo = jnp.where(zero | right, mid, lo)
-        new_hi = jnp.where(zero | ~right, mid, hi)
-        f_lo = jnp.where(zero | right, f_mid, f_lo)
-        f_hi = jnp.where(zero | ~right, f_mid, f_hi)
-        adjacent = (_to_key(new_hi) - _to_key(new_lo)) <= 1  # no overflow after a halving
-        done = zero | adjacent | (new_hi - new_lo <= tol)
-        return new_lo, new_hi, f_lo, f_hi, i + 1, done
-
-    init = (lo, hi, f_lo, f_hi, jnp.zeros_like(lo, dtype=jnp.int32), done)
-    lo, hi, f_lo, f_hi, its, done = jax.lax.while_loop(cond, body, init)
-    # Final false-position step inside the last bracket: exact for f linear there,
-    # error O(width²) for smooth f; never leaves the bracket.
-    mid = _key_mid(lo, hi)
-    slope_ok = (f_hi != f_lo) & jnp.isfinite(f_lo) & jnp.isfinite(f_hi)
-    secant = lo - f_lo * (hi - lo) / jnp.where(slope_ok, f_hi - f_lo, 1.0)
-    root = jnp.where(slope_ok, jnp.clip(secant, lo, hi), mid)
-    root = jnp.where(bracketed, root, jnp.nan)
-    return root, (its, done & bracketed, bracketed, lo, hi)
 
 
 def _bisection_impl(f, lower, upper, args, kwargs, *, tol, ftol, maxiter, max_expand,
@@ -257,131 +142,6 @@ def _bisection_impl(f, lower, upper, args, kwargs, *, tol, ftol, maxiter, max_ex
         return root, BisectionInfo(its, n_expand, converged, bracketed, lo, hi)
 
     return solver(jnp.zeros((), dtype), *args, **kwargs)
-
-
-# --------------------------------------------------------------------------- compile cache
-
-
-class _Id:
-    """Hash and compare by identity (and keep the object alive while cached)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-    def __eq__(self, other):
-        return isinstance(other, _Id) and other.obj is self.obj
-
-
-_ARRAY = (jax.Array, np.ndarray, np.generic)
-_MAX_DEPTH = 4
-_VALUE = (int, float, complex, bool, str, bytes, type(None), type, np.dtype, types.CodeType)
-# Callables that cannot change behind a reference: keyed by identity.
-_FIXED = (
-    types.BuiltinFunctionType, np.ufunc, type(jax.jit(lambda x: x)),
-    jax.custom_jvp, jax.custom_vjp, types.ModuleType,
-)  # fmt: skip
-
-
-class _Uncacheable(Exception):
-    """An object whose behaviour may change behind its identity (a mutable instance)."""
-
-
-def _hoist(obj: Any, leaves: list, depth: int = 0, arrays: bool = True):
-    """``(key, rebuild)``: ``obj`` with its arrays taken out into ``leaves``.
-
-    Functions (closure cells, defaults, the array globals they read),
-    ``functools.partial`` objects, bound methods and containers are taken apart;
-    their arrays become ``leaves`` (inputs of the cached ``jit``) and the rest goes
-    into a hashable ``key``: immutable values by value, library callables by
-    identity. Anything else (a mutable instance whose attributes could change)
-    raises :class:`_Uncacheable`. ``rebuild(iterator over new leaves)`` recreates
-    ``obj`` with the new leaves.
-    """
-    if isinstance(obj, _ARRAY):
-        if not arrays:
-            return _Id(obj), lambda it: obj
-        leaves.append(obj)
-        return "array", lambda it: next(it)
-    if isinstance(obj, _VALUE):
-        return ("value", type(obj), obj), lambda it: obj
-    if isinstance(obj, _FIXED):
-        return _Id(obj), lambda it: obj
-    if depth >= _MAX_DEPTH:
-        raise _Uncacheable
-    if isinstance(obj, types.FunctionType):
-        return _hoist_function(obj, leaves, depth, arrays)
-    if isinstance(obj, functools.partial):
-        (kf, rf), (ka, ra), (kk, rk) = (
-            _hoist(v, leaves, depth + 1, arrays) for v in (obj.func, obj.args, obj.keywords)
-        )
-        return ("partial", kf, ka, kk), lambda it: functools.partial(rf(it), *ra(it), **rk(it))
-    if isinstance(obj, types.MethodType):
-        kf, rf = _hoist(obj.__func__, leaves, depth + 1, arrays)
-        ks, rs = _hoist(obj.__self__, leaves, depth + 1, arrays)
-        return ("method", kf, ks), lambda it: types.MethodType(rf(it), rs(it))
-    if type(obj) in (tuple, list, dict):
-        items, treedef = jax.tree.flatten(obj)
-        subs = [_hoist(v, leaves, depth + 1, arrays) for v in items]
-        key = (type(obj), treedef, tuple(k for k, _ in subs))
-        return key, lambda it: jax.tree.unflatten(treedef, [r(it) for _, r in subs])
-    raise _Uncacheable
-
-
-def _hoist_function(fn, leaves, depth, arrays):
-    subs = []
-    for cell in fn.__closure__ or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell (a name assigned later)
-            raise _Uncacheable from None
-        k, r = _hoist(value, leaves, depth + 1, arrays)
-        subs.append((k, lambda it, r=r: types.CellType(r(it))))
-    kd, rd = _hoist(fn.__defaults__, leaves, depth + 1, arrays)
-    kk, rk = _hoist(fn.__kwdefaults__, leaves, depth + 1, arrays)
-    g = fn.__globals__
-    names = [n for n in fn.__code__.co_names if n in g]
-    # Array globals become inputs too (a notebook's data arrays); other globals key.
-    gsubs = [_hoist(g[n], leaves, depth + 1, arrays) for n in names]
-    key = ("function", fn.__code__, _Id(g), tuple(k for k, _ in subs), kd, kk,
-           tuple(zip(names, (k for k, _ in gsubs))))  # fmt: skip
-
-    def rebuild(it):
-        closure = tuple(r(it) for _, r in subs) or None
-        defaults, kwdefaults = rd(it), rk(it)
-        new_globals = {n: r(it) for n, (_, r) in zip(names, gsubs)}
-        if any(v is not g[n] for n, v in new_globals.items()):
-            new_globals = {**g, **new_globals}  # a copy in which the array globals are inputs
-        else:
-            new_globals = g
-        new = types.FunctionType(fn.__code__, new_globals, fn.__name__, defaults, closure)
-        new.__kwdefaults__ = kwdefaults
-        return new
-
-    return key, rebuild
-
-
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 128
-
-
-def _compiled(key, make):
-    fn = _CACHE.get(key)
-    if fn is None:
-        fn = _CACHE[key] = make()
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return fn
-
-
-def _is_concrete(tree: Any) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
 # --------------------------------------------------------------------------- public

@@ -8,19 +8,21 @@ is solved by one direct solve of its KKT system
            \begin{bmatrix}-c\\ b\end{bmatrix},\qquad
            K = \begin{bmatrix}Q & A^⊤\\ A & 0\end{bmatrix},
 
-whose residual ``F(x, y) = (Qx + c + Aᵀy, Ax − b)`` is the optimality function
-given to :func:`rootdiff.custom_root`. ``∂₍ₓ,ᵧ₎F = K``: the tangent and adjoint
-systems are QPs with the same KKT matrix (seed 001), so the derivative's linear
-solve reuses the forward LU factorisation of ``K`` instead of factorising again.
+The KKT residual is ``F(x, y) = (Qx + c + Aᵀy, Ax − b)`` and ``∂₍ₓ,ᵧ₎F = K``: by the
+implicit function theorem the tangent and adjoint systems are QPs with the same
+KKT matrix (seed 001), ``K (ẋ, ẏ) = (−ċ − Q̇x − Ȧᵀy, ḃ − Ȧx)``. The dense path
+states this with ``jax.lax.custom_linear_solve`` (the IFT of a linear system, as
+``jnp.linalg.solve`` does), whose derivative solves reuse the forward LU
+factorisation of ``K`` instead of factorising again; the matrix-free path gives
+``F`` to :func:`rootdiff.custom_root` with GMRES.
 
 Singular ``K`` (a duplicated equality row, a singular ``Q`` with ``c`` in its range):
 what is factorised is the quasi-definite ``K_δ = [[Q + δI, Aᵀ], [A, −δI]]`` with
-``δ = 100·eps·max|K|``, and every solve is refined once against ``K`` itself
-(``v ← v + K_δ⁻¹(r − K v)``). For a nonsingular ``K`` this converges to ``K⁻¹r`` as
-fast as the refinement of a plain LU (the perturbation is at rounding level); for a
-singular but consistent system it returns a finite solution instead of ``inf``/NaN;
-for an inconsistent one (contradictory constraints) the residual stays large and
-the check reports it.
+``δ = eps·max|K|``, a perturbation the size of one rounding of ``K``'s largest entry
+(LU's own backward error is larger), so for a nonsingular ``K`` the solve is as
+accurate as a plain LU, with no refinement step; for a singular but consistent
+system it returns a finite solution instead of ``inf``/NaN; for an inconsistent one
+(contradictory constraints) the KKT residual stays large and the check reports it.
 """
 
 from __future__ import annotations
@@ -65,12 +67,10 @@ def eq_qp_kkt_residual(
     return Qx + c + A.T @ y, A @ x - b
 
 
-def _kkt_matrix(Q: jax.Array, A: jax.Array, delta: Any = 0.0) -> jax.Array:
-    """``[[Q_s + δI, Aᵀ], [A, −δI]]`` (``δ = 0``: the KKT matrix itself)."""
-    n, p = Q.shape[0], A.shape[0]
-    top = jnp.concatenate([_sym(Q) + delta * jnp.eye(n, dtype=Q.dtype), A.T], axis=1)
-    bottom = jnp.concatenate([A, -delta * jnp.eye(p, dtype=A.dtype)], axis=1)
-    return jnp.concatenate([top, bottom], axis=0)
+def _kkt_matrix(Q: jax.Array, A: jax.Array) -> jax.Array:
+    """``K = [[Q, Aᵀ], [A, 0]]`` for a symmetric ``Q``."""
+    p = A.shape[0]
+    return jnp.block([[Q, A.T], [A, jnp.zeros((p, p), A.dtype)]])
 
 
 def _rel_tol(dtype: Any) -> float:
@@ -93,9 +93,13 @@ def _kkt_ok(sol, res, c, A, b):
     n = x.shape[0]
     tiny = jnp.finfo(x.dtype).tiny
     norm_A = _amax(A)
-    Kv_top = -c - res[:n]  # Qx + Aᵀy
-    primal = _amax(res[n:]) / (norm_A * _amax(x) + _amax(b) + tiny)
-    dual = _amax(res[:n]) / (_amax(Kv_top) + _amax(c) + norm_A * _amax(y) + tiny)
+    # Two stacked reductions rather than seven (each is compiled on its own).
+    r_top, Kv_top, c_, x_ = jnp.max(
+        jnp.abs(jnp.stack([res[:n], -c - res[:n], c, x])), axis=1, initial=0.0
+    )  # Kv_top: |Qx + Aᵀy|
+    r_bot, b_, y_ = jnp.max(jnp.abs(jnp.stack([res[n:], b, y])), axis=1, initial=0.0)
+    primal = r_bot / (norm_A * x_ + b_ + tiny)
+    dual = r_top / (Kv_top + c_ + norm_A * y_ + tiny)
     residual = jnp.maximum(primal, dual)
     return residual <= _rel_tol(x.dtype), residual  # False for NaN
 
@@ -104,11 +108,6 @@ def _report(sol, ok, residual, check):
     if check == "off":
         return sol
     return _checks.guard(sol, residual, _rel_tol(residual.dtype), 1, mode=check, ok=ok, what=_WHAT)
-
-
-def _poison(v, ok, check):
-    """With ``check="nan"``, a failed forward solve makes derivatives NaN as well."""
-    return jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), v) if check == "nan" else v
 
 
 _WHAT = "solve_eq_qp (relative KKT residual: inconsistent constraints, or unbounded below?)"
@@ -130,9 +129,9 @@ def solve_eq_qp(
     The returned pair ``(x, y)`` solves the KKT system
     ``Q x + c + Aᵀ y = 0``, ``A x = b`` (``y`` is the multiplier of ``Ax = b``).
     Dense path (default): ``K = [[Q, Aᵀ], [A, 0]]`` is LU-factorised once
-    (``jax.scipy.linalg.lu_factor``, with a rounding-level regularisation, see the
+    (``jax.lax.linalg.lu``, with a rounding-level regularisation, see the
     module docstring); the forward solve and every derivative solve (JVP and VJP, to
-    any order) are refined triangular solves with that factorisation, so a
+    any order) are triangular solves with that factorisation, so a
     ``jit(value_and_grad(...))`` costs one factorisation. ``Q`` is assumed symmetric
     (its symmetric part ``(Q + Qᵀ)/2`` is used, so ``∂/∂Q`` is a symmetric matrix).
     A singular but consistent ``K`` (a repeated constraint row, a singular ``Q``
@@ -145,8 +144,9 @@ def solve_eq_qp(
     indefinite) is then solved by GMRES, forward and backward, with ``tol``/``maxiter``
     as in :func:`rootdiff.linear_solve.gmres` (default ``tol`` 1e-12 in float64).
 
-    Derivatives w.r.t. ``Q``, ``c``, ``A``, ``b`` come from :func:`rootdiff.custom_root`
-    on the KKT residual (:func:`eq_qp_kkt_residual`); every mode works (``grad``,
+    Derivatives w.r.t. ``Q``, ``c``, ``A``, ``b`` are the implicit ones of the KKT
+    residual (:func:`eq_qp_kkt_residual`): ``jax.lax.custom_linear_solve`` on the
+    dense path, :func:`rootdiff.custom_root` on the matrix-free one; every mode works (``grad``,
     ``jvp``, ``jacfwd``, ``jacrev``, ``hessian``, ``vmap``, ``jit``).
 
     Args:
@@ -159,9 +159,10 @@ def solve_eq_qp(
       check: ``"warn"`` (default), ``"raise"``, ``"nan"`` or ``"off"``, as in
         :func:`rootdiff.custom_root`, when the KKT residual is large relative to the
         data and the solution (primal ``max|Ax − b| > sqrt(eps)·(max|A|·max|x| +
-        max|b|)``, or the dual analogue) — a backward-stable solve is far below — or
-        when a derivative's linear solve fails (e.g. an adjoint not in the range of
-        a singular ``K``).
+        max|b|)``, or the dual analogue) — a backward-stable solve is far below — or,
+        on the matrix-free path, when a derivative's GMRES solve fails. On the dense
+        path a derivative solve is the forward factorisation applied once more; with
+        ``check="nan"`` a failed forward check makes the derivatives NaN too.
 
     Returns:
       ``(x, y)``: primal ``(n,)`` and dual ``(p,)`` solutions.
@@ -210,53 +211,40 @@ def solve_eq_qp(
 
 def _solve_dense(Q, c, A, b, *, check):
     n = c.shape[0]
-    # The factorisation is data for the black-box solver and for the derivative
-    # solve; it is never differentiated (its tangents would be dropped anyway).
-    Q_, A_, c_, b_ = jax.lax.stop_gradient((_sym(Q), A, c, b))
+    Qs = _sym(Q)  # once: the matvec below (differentiated) and the factorisation share it
+    # The factorisation is data for the solve; it is never differentiated (the
+    # derivative comes from the matvec, as in jax.numpy.linalg.solve).
+    Q_, A_ = jax.lax.stop_gradient((Qs, A))
     # A barrier: with Q and A closed over as constants, XLA would otherwise fold the
     # reductions and products below on the host at compile time (seconds for n = 500).
     Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
-    delta = 100 * jnp.finfo(Q_.dtype).eps * jnp.maximum(_amax(Q_), _amax(A_))
-    K_delta = _kkt_matrix(Q_, A_, delta)
-    signs = jnp.concatenate([jnp.ones(n, Q_.dtype), -jnp.ones(b.shape[0], Q_.dtype)])
-
-    def K_matvec(v):  # K v = K_δ v − δ·diag(I, −I) v: one matrix in memory
-        return K_delta @ v - delta * signs * v
-
+    K = _kkt_matrix(Q_, A_)
+    delta = jnp.finfo(K.dtype).eps * _amax(K)
+    signs = jnp.concatenate([jnp.ones(n, K.dtype), -jnp.ones(K.shape[0] - n, K.dtype)])
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
-    lu, _, perm = jax.lax.linalg.lu(K_delta)
+    lu, _, perm = jax.lax.linalg.lu(K + jnp.diag(delta * signs))
     tri = partial(jax.lax.linalg.triangular_solve, left_side=True)
 
-    def lu_apply(r):
+    def lu_apply(_matvec, r):
         y = tri(lu, r[perm, None], lower=True, unit_diagonal=True)
         return tri(lu, y, lower=False)[:, 0]
 
-    # Forward: one solve, one product with K (compile time grows with every distinct
-    # matrix product), which serves both the check and one step of iterative
-    # refinement against K (removing the regularisation's O(δ‖K⁻¹‖) perturbation).
-    rhs = jnp.concatenate([-c_, b_])
-    v = lu_apply(rhs)
-    res = rhs - K_matvec(v)
-    sol = v + lu_apply(res)
-    x0, y0 = sol[:n], sol[n:]
-    ok, rel_residual = _kkt_ok((v[:n], v[n:]), res, c_, A_, b_)
+    def matvec(v):  # K v, differentiable in (Q, A)
+        return jnp.concatenate([Qs @ v[:n] + v[n:] @ A, A @ v[:n]])
 
-    def kkt_solve(_matvec, r):
-        # The derivative's operator is K itself (symmetric: also the transpose solve),
-        # refined once as the forward solve is (gradients to rounding level).
-        r = jnp.concatenate(r)
-        v = lu_apply(r)
-        v = v + lu_apply(r - K_matvec(v))
-        return _poison((v[:n], v[n:]), ok, check)
-
-    # check="off" for the core: the KKT check below replaces its forward check.
-    @custom_root(eq_qp_kkt_residual, solve=kkt_solve, symmetric=True, check="off")
-    def solver(_init, Q, c, A, b):
-        del Q, c, A, b  # already solved for, above
-        return _report((x0, y0), ok, rel_residual, check)
-
-    return solver(None, Q, c, A, b)
+    # K is linear in (Q, A) and the solution linear in (−c, b): lax.custom_linear_solve
+    # is the implicit function theorem for this system (∂v = K⁻¹(∂r − ∂K v)); every
+    # derivative solve (tangent or adjoint, K symmetric, any order) is one more
+    # application of the factorisation.
+    rhs = jnp.concatenate([-c, b])
+    v = jax.lax.custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)
+    if check != "off":
+        v_, rhs_ = jax.lax.stop_gradient((v, rhs))
+        res = rhs_ - K @ v_  # one product with the assembled K
+        ok, rel_residual = _kkt_ok((v_[:n], v_[n:]), res, -rhs_[:n], A_, rhs_[n:])
+        v = _report(v, ok, rel_residual, check)
+    return v[:n], v[n:]
 
 
 def _solve_matrix_free(matvec_Q, c, A, b, *, tol, maxiter, check):
