@@ -334,18 +334,22 @@ def test_keyword_arguments_and_jaxopt_projection_conventions():
     np.testing.assert_allclose(g, [1.0, 0.0, 0.0], atol=1e-7)
 
 
-def test_repeated_eager_calls_are_cheap():
-    import time
+def test_repeated_eager_calls_do_not_retrace():
+    # Re-tracing the solver's loop on every call without jax.jit cost 1.6–6.3 s per
+    # call; count the traces of the objective (a Python side effect runs once per
+    # trace) rather than timing the calls.
+    traces = []
+
+    def counted(x, A, b):
+        traces.append(1)
+        return least_squares(x, A, b)
 
     run = lambda b: projected_gradient(  # noqa: E731
-        least_squares, jnp.zeros(5), oproj.projection_non_negative, A, b
+        counted, jnp.zeros(5), oproj.projection_non_negative, A, b
     )
     run(B).block_until_ready()
-    bs = [B + 0.01 * k for k in range(3)]
-    # CPU time of this process, not wall time: a loaded machine does not inflate it,
-    # and re-tracing or re-compiling (the failure this guards against) does.
-    t = time.process_time()
-    for b in bs:
-        run(b).block_until_ready()
-    per_call = (time.process_time() - t) / 3
-    assert per_call < 0.2, per_call  # was 1.6–6.3 s per call with re-traced loops
+    first = len(traces)
+    assert first > 0
+    for k in range(3):
+        run(B + 0.01 * k).block_until_ready()
+    assert len(traces) == first
