@@ -5,6 +5,14 @@ about a minute on two cores, one or two tests of every public area in every
 autodiff mode. It is applied here, from the list ``QUICK`` below, so that test
 modules need no edits; ``tests/test_docs.py`` checks that every entry still
 names a test.
+
+Scheduling under pytest-xdist (``-n auto``): the work-stealing scheduler
+(``--dist worksteal``) is the default here unless ``--dist`` is given. It hands
+each worker a contiguous share of the suite, so a module's tests mostly run in one
+process (its module-level compilations and fixtures happen once, not once per
+worker), and an idle worker takes over the end of the other's queue. The modules
+whose tests run for long (subprocesses: benchmarks, examples, docs) go first, so
+that the run ends on short tests and both workers finish together.
 """
 
 from __future__ import annotations
@@ -47,7 +55,23 @@ def _quick_entry(nodeid: str) -> str | None:
     return None
 
 
+#: Modules of long tests, run first (in this order); the others keep their order.
+LONG_FIRST = ["tests/test_benchmarks.py", "tests/test_examples.py", "tests/test_docs.py"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    explicit = any(a.startswith("--dist") for a in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not explicit:
+        config.option.dist = "worksteal"
+
+
+def _long_first(item: pytest.Item) -> int:
+    module = item.nodeid.split("::", 1)[0]
+    return LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_long_first)  # stable: each module keeps its own order
     found = set()
     for item in items:
         entry = _quick_entry(item.nodeid)
