@@ -17,6 +17,8 @@ that the run ends on short tests and both workers finish together.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import pytest
 
@@ -96,3 +98,82 @@ def float32():
         yield
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+# --- CPU time per test and per module (ROOTDIFF_TEST_TIMINGS=1) ---------------
+#
+# Wall times mislead on a loaded machine; CPU times (this process and the
+# subprocesses it waited for: examples, docs pages, the benchmark run) do not.
+# With ROOTDIFF_TEST_TIMINGS=1 (set by .ci/run), each test phase's CPU seconds
+# travel with its report (also from pytest-xdist workers), and the run ends with
+# the CPU time per module, the slowest tests, and the wall time this implies on two
+# idle cores (total CPU / 2, when both workers stay busy to the end).
+
+TIMINGS = os.environ.get("ROOTDIFF_TEST_TIMINGS", "") not in ("", "0")
+CPU_KEY = "cpu_s"
+_PHASE_START = pytest.StashKey[float]()
+_CPU_PER_TEST: dict[str, float] = {}  # nodeid -> CPU seconds (in the process that reports)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _mark_phase_start(item: pytest.Item) -> None:
+    if TIMINGS:
+        item.stash[_PHASE_START] = _cpu_seconds()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    _mark_phase_start(item)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    _mark_phase_start(item)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    _mark_phase_start(item)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    end = _cpu_seconds() if TIMINGS else 0.0
+    outcome = yield
+    if TIMINGS and _PHASE_START in item.stash:
+        outcome.get_result().user_properties.append((CPU_KEY, end - item.stash[_PHASE_START]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == CPU_KEY:
+            _CPU_PER_TEST[report.nodeid] = _CPU_PER_TEST.get(report.nodeid, 0.0) + value
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not TIMINGS or not _CPU_PER_TEST:
+        return
+    modules: dict[str, float] = {}
+    for nodeid, cpu in _CPU_PER_TEST.items():
+        module = nodeid.split("::", 1)[0]
+        modules[module] = modules.get(module, 0.0) + cpu
+    total = sum(modules.values())
+    tr = terminalreporter
+    tr.section("CPU time (ROOTDIFF_TEST_TIMINGS=1)")
+    tr.write_line(f"{'CPU s':>8}  module")
+    for module, cpu in sorted(modules.items(), key=lambda kv: -kv[1]):
+        tr.write_line(f"{cpu:8.1f}  {module}")
+    tr.write_line(
+        f"{total:8.1f}  in all, {len(_CPU_PER_TEST)} tests (without interpreter start-up and "
+        f"collection): about {total / 120:.1f} min on two idle cores"
+    )
+    tr.write_line("slowest tests (CPU s):")
+    for nodeid, cpu in sorted(_CPU_PER_TEST.items(), key=lambda kv: -kv[1])[:30]:
+        tr.write_line(f"{cpu:8.1f}  {nodeid}")
