@@ -17,12 +17,44 @@ that the run ends on short tests and both workers finish together.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+# --- One JAX compilation cache per test run ------------------------------------
+#
+# Many tests and docs pages compile the same computation more than once (a new
+# ``jax.jit`` or ``jax.grad`` object around the same function is compiled again),
+# and the examples, docs pages and benchmark run in subprocesses. JAX's persistent
+# compilation cache, in a temporary folder made for this run (by the first process:
+# the pytest-xdist workers and every subprocess inherit its environment) and removed
+# at its end, lets each such computation be compiled once per run. Measured on a
+# docs page run in its own process: 22 % less CPU time with a cold cache. Nothing
+# is kept between runs, and a cache the user set up (JAX_COMPILATION_CACHE_DIR) is
+# used as it is; ROOTDIFF_TEST_JAX_CACHE=0 turns this off.
+_CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+if os.environ.get("ROOTDIFF_TEST_JAX_CACHE", "1") != "0":
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _cache_dir = tempfile.mkdtemp(prefix="rootdiff-tests-jax-cache-")
+        atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+        for _name, _value in _CACHE_ENV.items():
+            os.environ.setdefault(_name, _value)
+    # jax may have been imported (by a plugin) before these variables were set.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    for _name in _CACHE_ENV:
+        if os.environ.get(_name):
+            _value = os.environ[_name]
+            jax.config.update(_name.lower(), float(_value) if "SECS" in _name else int(_value))
 
 #: Test ids (without parameters: every parametrisation is included) in the quick subset.
 QUICK = [
