@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/run.py                 # full sizes (several minutes)
-    python benchmarks/run.py --quick         # small sizes, CI smoke test (< 2 min)
+    python benchmarks/run.py --quick         # small sizes (< 2 min)
+    python benchmarks/run.py --quick --rootdiff-only  # rootdiff's rows only (test suite)
     python benchmarks/run.py --only ridge    # one workload (repeatable; see --list)
     python benchmarks/run.py --json out.json # also write the rows as JSON
 
@@ -30,6 +31,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import Row, format_table  # noqa: E402
 
 MODULES = ["ridge", "layers", "qp", "eq_qp", "fixed_point", "scaling", "lasso"]
@@ -67,10 +69,15 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and repeats (CI)")
+    p.add_argument("--rootdiff-only", action="store_true", help="with --quick: leave out the peers")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="workload name")
     p.add_argument("--list", action="store_true", help="list workload names and exit")
     p.add_argument("--json", metavar="PATH", help="write rows as JSON")
     a = p.parse_args(argv)
+    if a.rootdiff_only:
+        if not a.quick:
+            p.error("--rootdiff-only goes with --quick")
+        _common.ROOTDIFF_ONLY = True
     wl = workloads()
     if a.list:
         print("\n".join(wl))
