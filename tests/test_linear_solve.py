@@ -169,3 +169,38 @@ def test_dense_solves_in_half_precision(dtype):
     x = ls.cholesky(lambda v: S @ v, b)
     expected = np.linalg.solve(np.asarray(SPD), np.asarray(B))
     np.testing.assert_allclose(np.asarray(x, np.float64), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres"])
+def test_one_operator_product_in_the_graph(name):
+    """CG and GMRES trace the user's operator once (XLA compiles every copy of it):
+    the start from ``init`` and the final verification share the iteration's product,
+    and convergence still rests on the true residual."""
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return SPD @ v
+
+    solve = ls.get_solver(name)
+    init = jnp.asarray(np.linalg.solve(SPD, B)) + 0.1
+    for start in (None, init):
+        calls.clear()
+        jax.make_jaxpr(lambda b, i: solve(matvec, b, init=i, return_info=True))(B, start)
+        assert len(calls) == 1
+    x, info = solve(matvec, B, init=init, return_info=True)
+    residual = float(jnp.linalg.norm(B - SPD @ x))
+    assert bool(info.converged) and residual <= 1e-10 * float(info.b_norm)
+    np.testing.assert_allclose(float(info.residual_norm), residual, rtol=1e-3, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres"])
+def test_out_of_budget_reports_the_returned_iterate(name):
+    """A solve stopped by ``maxiter`` mid-cycle keeps its progress and is not converged."""
+    x, info = ls.get_solver(name)(lambda v: NONSYM @ v if name == "gmres" else SPD @ v, B,
+                                  maxiter=3, return_info=True)  # fmt: skip
+    A = NONSYM if name == "gmres" else SPD
+    residual = float(jnp.linalg.norm(B - A @ x))
+    assert not bool(info.converged) and int(info.iterations) == 3
+    assert residual < float(jnp.linalg.norm(B))  # progress kept
+    np.testing.assert_allclose(float(info.residual_norm), residual, rtol=1e-6)
