@@ -204,3 +204,28 @@ def test_out_of_budget_reports_the_returned_iterate(name):
     assert not bool(info.converged) and int(info.iterations) == 3
     assert residual < float(jnp.linalg.norm(B))  # progress kept
     np.testing.assert_allclose(float(info.residual_norm), residual, rtol=1e-6)
+
+
+def test_forward_check_newton_step_with_a_krylov_solve():
+    """The forward check's Newton step, solved by GMRES (n > DENSE_THRESHOLD) to a
+    looser tolerance than the derivative, still measures the solution's error: a
+    1e-3 relative error is reported as about 1e-3; an accurate root is not flagged."""
+    import warnings
+
+    import rootdiff
+
+    n = ls.DENSE_THRESHOLD + 20
+    W = jnp.asarray(0.3 * rng.normal(size=(n, n)) / np.sqrt(n))
+    c = jnp.asarray(rng.normal(size=n))
+    T = lambda z, c, err=0.0: jnp.tanh(W @ z + c)  # noqa: E731
+
+    def iterate(z, c, err):
+        z = jax.lax.fori_loop(0, 60, lambda _, z: T(z, c), z)
+        return z * (1 + err)
+
+    solver = rootdiff.custom_fixed_point(T)(iterate)
+    with pytest.warns(rootdiff.ConvergenceWarning, match=r"Newton step .* 9\.9\d\de-04 > tolerance"):
+        solver(jnp.zeros(n), c, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rootdiff.ConvergenceWarning)
+        solver(jnp.zeros(n), c, 0.0)
