@@ -95,7 +95,8 @@ def cg(
             ~verify & small, verify & small, k + jnp.where(verify, 0, 1),
         )  # fmt: skip
 
-    init_state = (x0, r0, z0, z0, gamma0, r0_norm, jnp.asarray(verify0), done0, k0)
+    verify = jnp.zeros_like(done0) | verify0  # typed like the data (see _zero_count)
+    init_state = (x0, r0, z0, z0, gamma0, r0_norm, verify, done0, k0)
     x, _, _, _, _, r_norm, _, done, k = jax.lax.while_loop(cond, body, init_state)
     # ``done``: the true residual ``r_norm`` met the tolerance. Otherwise ``r_norm`` is
     # the last (recursive or true) residual, above the tolerance or NaN.
