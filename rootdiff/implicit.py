@@ -39,6 +39,7 @@ from rootdiff._solves import (
     _is_builtin,
     _resolve_solver,
     _run_solve,
+    _unpartial,
 )
 from rootdiff._trees import (
     PyTree,
@@ -422,9 +423,9 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         raise
 
     # The linear solves, as functions of explicit inputs (their closures hoisted).
-    def fwd_raw(sol, dyn_leaves, fc, b):
+    def fwd_raw(sol, dyn_leaves, fc, b, solve=cfg.solve):
         _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
-        return _run_solve(cfg.solve, mv, b, check=check)
+        return _run_solve(solve, mv, b, check=check)
 
     def bwd_raw(sol, dyn_leaves, fc, b):
         if cfg.symmetric:
@@ -452,13 +453,22 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         step_tol = default_step_tol(example)
     dtype = _real_dtype(_sol_dtype(example))
     floor = float(np.sqrt(jnp.finfo(dtype).eps))
+    # The Newton step is an error estimate: a built-in solve to relative residual
+    # 0.1·step_tol resolves it to 10 % wherever cond(∂ₓF) ≤ 1/step_tol, in a fraction
+    # of the iterations of the derivative's solve (tolerance eps^0.75).
+    step_solve = cfg.solve
+    if builtin and step_tol is not None and "tol" not in _unpartial(cfg.solve)[1]:
+        step_solve = functools.partial(cfg.solve, tol=max(0.1 * step_tol, _ls.default_tol(dtype)))
 
     def forward_check(sol, dyn_leaves, fc, lf):
         Fx = F_c(sol, dyn_leaves, *fc)
         r = _max_abs(Fx).astype(dtype)
         values, tols, labels = [], [], []
         if step_tol is not None:
-            delta, _ = fwd_c(sol, dyn_leaves, fc, Fx, *lf)
+            if builtin:
+                delta, _ = fwd_raw(sol, dyn_leaves, fc, Fx, solve=step_solve)
+            else:
+                delta, _ = fwd_c(sol, dyn_leaves, fc, Fx, *lf)
             step = jnp.where(r == 0, 0.0, _max_abs(delta))  # an exact root needs no step
             values.append(step / jnp.maximum(_max_abs(sol), floor))
             tols.append(step_tol)

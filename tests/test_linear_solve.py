@@ -169,3 +169,63 @@ def test_dense_solves_in_half_precision(dtype):
     x = ls.cholesky(lambda v: S @ v, b)
     expected = np.linalg.solve(np.asarray(SPD), np.asarray(B))
     np.testing.assert_allclose(np.asarray(x, np.float64), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres"])
+def test_one_operator_product_in_the_graph(name):
+    """CG and GMRES trace the user's operator once (XLA compiles every copy of it):
+    the start from ``init`` and the final verification share the iteration's product,
+    and convergence still rests on the true residual."""
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return SPD @ v
+
+    solve = ls.get_solver(name)
+    init = jnp.asarray(np.linalg.solve(SPD, B)) + 0.1
+    for start in (None, init):
+        calls.clear()
+        jax.make_jaxpr(lambda b, i: solve(matvec, b, init=i, return_info=True))(B, start)
+        assert len(calls) == 1
+    x, info = solve(matvec, B, init=init, return_info=True)
+    residual = float(jnp.linalg.norm(B - SPD @ x))
+    assert bool(info.converged) and residual <= 1e-10 * float(info.b_norm)
+    np.testing.assert_allclose(float(info.residual_norm), residual, rtol=1e-3, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["cg", "gmres"])
+def test_out_of_budget_reports_the_returned_iterate(name):
+    """A solve stopped by ``maxiter`` mid-cycle keeps its progress and is not converged."""
+    x, info = ls.get_solver(name)(lambda v: NONSYM @ v if name == "gmres" else SPD @ v, B,
+                                  maxiter=3, return_info=True)  # fmt: skip
+    A = NONSYM if name == "gmres" else SPD
+    residual = float(jnp.linalg.norm(B - A @ x))
+    assert not bool(info.converged) and int(info.iterations) == 3
+    assert residual < float(jnp.linalg.norm(B))  # progress kept
+    np.testing.assert_allclose(float(info.residual_norm), residual, rtol=1e-6)
+
+
+def test_forward_check_newton_step_with_a_krylov_solve():
+    """The forward check's Newton step, solved by GMRES (n > DENSE_THRESHOLD) to a
+    looser tolerance than the derivative, still measures the solution's error: a
+    1e-3 relative error is reported as about 1e-3; an accurate root is not flagged."""
+    import warnings
+
+    import rootdiff
+
+    n = ls.DENSE_THRESHOLD + 20
+    W = jnp.asarray(0.3 * rng.normal(size=(n, n)) / np.sqrt(n))
+    c = jnp.asarray(rng.normal(size=n))
+    T = lambda z, c, err=0.0: jnp.tanh(W @ z + c)  # noqa: E731
+
+    def iterate(z, c, err):
+        z = jax.lax.fori_loop(0, 60, lambda _, z: T(z, c), z)
+        return z * (1 + err)
+
+    solver = rootdiff.custom_fixed_point(T)(iterate)
+    with pytest.warns(rootdiff.ConvergenceWarning, match=r"Newton step .* 9\.9\d\de-04 > tolerance"):
+        solver(jnp.zeros(n), c, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rootdiff.ConvergenceWarning)
+        solver(jnp.zeros(n), c, 0.0)

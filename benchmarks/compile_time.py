@@ -1,0 +1,298 @@
+r"""Compile time of ``jax.jit(jax.value_and_grad(loss))``: rootdiff against its peers.
+
+For every workload the function a user writes is traced and lowered
+(``jax.jit(f).trace(*args).lower()``, the Python side: rootdiff's closure
+conversion, ``eval_shape`` calls, the JVP/transpose rules) and then compiled
+(``lowered.compile()``, XLA). Both are timed separately, rootdiff and peer
+interleaved in one process, several repeats, and the **minimum** is reported (on
+a loaded machine the minimum is the least noisy estimate of the work done).
+
+Besides the default configuration, rootdiff is timed with pieces switched off,
+to show where its compile time goes:
+
+* ``check="off"``: no forward check (its Newton step is one more linear solve in
+  the graph) and no guards (host callbacks of ``warn``/``raise``);
+* ``check="nan"``: forward check and guards, but NaN poisoning instead of host
+  callbacks;
+* ``residual_tol=inf``: the forward check without its Newton step (only the
+  callbacks and ``max |F(x)|``).
+
+Workloads: ridge hypergradient (``custom_root`` + CG, as ``benchmarks/ridge.py``),
+deep-equilibrium fixed point (``custom_fixed_point`` + GMRES, as
+``benchmarks/fixed_point.py``, smaller ``n``: compile time does not depend on it),
+lasso (``proximal_gradient`` vs jaxopt ``ProximalGradient``), sparsemax and LML
+(vs jaxopt ``Bisection``), ``solve_qp`` (vs qpax) and ``solve_eq_qp`` (vs a dense
+KKT solve).
+
+Run: ``python -m benchmarks.compile_time [--repeats 3] [--only ridge,deq]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+
+#: Kinds of instructions of the optimised module that XLA:CPU generates code for.
+_KINDS = re.compile(r"\s(fusion|dot|while|conditional|custom-call|sort)\(")
+
+
+def measure(fn: Callable, args: tuple, clock=time.perf_counter) -> tuple[float, float, int]:
+    """``(trace + lower s, compile s, kernels)`` of a fresh ``jax.jit(fn)``.
+
+    ``kernels`` counts the fusions, dots, loops, conditionals and custom calls of
+    the optimised module: a proxy of XLA's work that does not depend on the load.
+    """
+    # A new wrapper each time: ``jax.jit`` caches traces per function object.
+    jitted = jax.jit(lambda *a: fn(*a))
+    t0 = clock()
+    lowered = jitted.trace(*args).lower()
+    t1 = clock()
+    compiled = lowered.compile()
+    t2 = clock()
+    return t1 - t0, t2 - t1, len(_KINDS.findall(compiled.as_text()))
+
+
+# --------------------------------------------------------------------------- workloads
+# Each returns ``(args, {name: fn})``; the first entry is the default rootdiff call,
+# the entries starting with "peer" are the reference, the others are variants.
+
+
+def ridge():
+    import rootdiff
+    from benchmarks import ridge as R
+
+    X, y, Xv, yv = R.make_problem(2000, 200)
+    args = (jnp.asarray(R.LAM), *map(jnp.asarray, (X, y, Xv, yv)))
+
+    def loss_of(solver):
+        def loss(lam, X, y, Xv, yv):
+            return R.val_loss(solver(jnp.zeros(X.shape[1]), lam, X, y), Xv, yv)
+
+        return jax.value_and_grad(loss)
+
+    def rd(**kw):
+        return loss_of(rootdiff.custom_root(R.ridge_gradient, solve="cg", symmetric=True, **kw)(
+            R.cg_forward))  # fmt: skip
+
+    fns = {
+        "rootdiff custom_root(solve='cg')": rd(),
+        "  check='off'": rd(check="off"),
+        "  check='nan'": rd(check="nan"),
+        "  residual_tol=inf (no Newton step)": rd(residual_tol=float("inf")),
+        "  argmin (solve='auto')": loss_of(rootdiff.argmin(R.ridge_objective)(R.cg_forward)),
+        "  forward solver alone (no derivative rule)": jax.value_and_grad(
+            lambda lam, X, y, Xv, yv: R.val_loss(R.cg_forward(jnp.zeros(200), lam, X, y), Xv, yv)
+        ),
+    }
+    try:
+        from jaxopt import implicit_diff, linear_solve
+
+        fns["peer: jaxopt custom_root(solve_cg)"] = loss_of(
+            implicit_diff.custom_root(R.ridge_gradient, solve=linear_solve.solve_cg)(R.cg_forward)
+        )
+    except ImportError:
+        pass
+    return "ridge n=2000 d=200", args, fns
+
+
+def deq():
+    import rootdiff
+    from benchmarks import fixed_point as FP
+
+    n, batch = 400, 8
+    args = FP._args(n, batch)
+
+    def rd(**kw):
+        return jax.value_and_grad(FP._loss_of(rootdiff.custom_fixed_point(FP.T, **kw)(FP.forward)))
+
+    fns = {
+        "rootdiff custom_fixed_point(solve='auto')": rd(),
+        "  check='off'": rd(check="off"),
+        "  check='nan'": rd(check="nan"),
+        "  residual_tol=inf (no Newton step)": rd(residual_tol=float("inf")),
+        "  solve='gmres'": rd(solve="gmres"),
+    }
+    try:
+        from jaxopt import implicit_diff, linear_solve
+
+        fns["peer: jaxopt custom_fixed_point(solve_gmres)"] = jax.value_and_grad(
+            FP._loss_of(
+                implicit_diff.custom_fixed_point(FP.T, solve=linear_solve.solve_gmres)(FP.forward)
+            )
+        )
+    except ImportError:
+        pass
+    return f"DEQ fixed point n={n} B={batch}", args, fns
+
+
+def lasso():
+    import rootdiff
+    from benchmarks import lasso as La
+    from rootdiff.prox import prox_lasso
+
+    X, y, Xv, yv, _, _ = La.make_problem(200)
+    Xj, yj, Xvj, yvj = map(jnp.asarray, (X, y, Xv, yv))
+    L = float(np.linalg.norm(X, 2) ** 2 / len(y))
+    zeros = jnp.zeros(X.shape[1])
+
+    def val(w):
+        return jnp.mean((Xvj @ w - yvj) ** 2)
+
+    def rd(**kw):
+        def f(lam):
+            return val(rootdiff.proximal_gradient(
+                La.loss, zeros, prox_lasso, Xj, yj, hyperparams_prox=lam, stepsize=1 / L,
+                tol=1e-10, maxiter=100000, **kw,
+            ))  # fmt: skip
+
+        return jax.value_and_grad(f)
+
+    fns = {"rootdiff proximal_gradient": rd(), "  check='off'": rd(check="off")}
+    try:
+        import jaxopt
+
+        pg = jaxopt.ProximalGradient(fun=La.loss, prox=jaxopt.prox.prox_lasso, stepsize=1 / L,
+                                     tol=1e-10, maxiter=100000, implicit_diff=True)  # fmt: skip
+        fns["peer: jaxopt ProximalGradient"] = jax.value_and_grad(
+            lambda lam: val(pg.run(zeros, lam, Xj, yj).params)
+        )
+    except ImportError:
+        pass
+    return "lasso p=200", (jnp.asarray(0.5),), fns
+
+
+def _layers(kind):
+    from benchmarks import layers as Ly
+    from rootdiff import layers
+
+    if kind == "sparsemax":
+        x, w = Ly.make_problem(1024, 1000)
+        args = (jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+        fns = {"rootdiff layers.sparsemax": lambda x, w: jnp.sum(w * layers.sparsemax(x))}
+        peer = lambda x, w: jnp.sum(w * Ly.sparsemax_jaxopt(x))  # noqa: E731
+        name = "sparsemax 1024x1000 f32"
+    else:
+        x, w = Ly.make_problem(256, 1000, seed=1)
+        args = (jnp.asarray(2 * x), jnp.asarray(w))
+        fns = {"rootdiff layers.lml": lambda x, w: jnp.sum(w * layers.lml(x, 10))}
+        peer = lambda x, w: jnp.sum(w * Ly.lml_jaxopt(x, 10))  # noqa: E731
+        name = "LML 256x1000 k=10 f64"
+    fns = {k: jax.value_and_grad(f) for k, f in fns.items()}
+    try:
+        import jaxopt  # noqa: F401
+
+        fns["peer: jaxopt Bisection + implicit diff"] = jax.value_and_grad(peer)
+    except ImportError:
+        pass
+    return name, args, fns
+
+
+def _qp(kind):
+    import rootdiff
+    from benchmarks import qp as Q
+
+    if kind == "nnls":
+        data, name = Q.nnls_batch(256), "batched QP: 256 NNLS n=5"
+    else:
+        data, name = Q.general_batch(64, 50, 10, 100), "batched QP: 64 x (n=50, p=10, m=100)"
+
+    def batched(solve):
+        return jax.vmap(jax.value_and_grad(Q._loss_of(solve), argnums=(0, 1, 2, 3, 4, 5)))
+
+    fns = {
+        "rootdiff solve_qp": batched(rootdiff.solve_qp),
+        "  check='off'": batched(functools.partial(rootdiff.solve_qp, check="off")),
+    }
+    try:
+        import qpax
+
+        fns["peer: qpax solve_qp_primal"] = batched(qpax.solve_qp_primal)
+    except ImportError:
+        pass
+    return name, tuple(map(jnp.asarray, data)), fns
+
+
+def eq_qp():
+    import rootdiff
+    from benchmarks import eq_qp as E
+
+    Q, c, A, b, t = E.make_problem(500, 100)
+    args = tuple(map(jnp.asarray, (c, b, Q, A, t)))
+    fns = {
+        "rootdiff solve_eq_qp": E.user_loss(rootdiff.solve_eq_qp),
+        "  check='off'": E.user_loss(functools.partial(rootdiff.solve_eq_qp, check="off")),
+        "peer: dense KKT jnp.linalg.solve + autodiff": E.user_loss(E._dense),
+    }
+    return "equality QP n=500 p=100", args, fns
+
+
+WORKLOADS = {
+    "ridge": ridge,
+    "deq": deq,
+    "lasso": lasso,
+    "sparsemax": functools.partial(_layers, "sparsemax"),
+    "lml": functools.partial(_layers, "lml"),
+    "qp_nnls": functools.partial(_qp, "nnls"),
+    "qp_general": functools.partial(_qp, "general"),
+    "eq_qp": eq_qp,
+}
+
+
+def run(only=None, repeats: int = 3, clock=time.perf_counter) -> list[tuple]:
+    """Rows ``(workload, impl, trace s, compile s, kernels, total ÷ the peer's)``."""
+    rows = []
+    for key, make in WORKLOADS.items():
+        if only and key not in only:
+            continue
+        name, args, fns = make()
+        times = {k: [] for k in fns}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(repeats):
+                for k, f in fns.items():  # interleaved
+                    times[k].append(measure(f, args, clock))
+        best = {k: (min(r[0] for r in v), min(r[1] for r in v), v[0][2]) for k, v in times.items()}
+        peer = next((v for k, v in best.items() if k.startswith("peer")), None)
+        for k, (t, c, ops) in best.items():
+            ratio = (t + c) / (peer[0] + peer[1]) if peer else float("nan")
+            rows.append((name, k, t, c, ops, ratio))
+            print(f"{name:38s} {k:46s} {t:7.2f} {c:7.2f} {ops:5d} {ratio:6.2f}", flush=True)
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = [
+        "| workload | implementation | trace + lower (s) | compile (s) | kernels | total ÷ peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, k, t, c, ops, ratio in rows:
+        lines.append(f"| {name} | {k.strip()} | {t:.2f} | {c:.2f} | {ops} | {ratio:.2f}× |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    only = argv[argv.index("--only") + 1].split(",") if "--only" in argv else None
+    repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 3
+    # --cpu: process CPU time instead of wall time, far less sensitive to the load of
+    # other processes (XLA may compile on several threads: then CPU time > wall time).
+    clock = time.process_time if "--cpu" in argv else time.perf_counter
+    load0 = os.getloadavg()[0]
+    rows = run(only, repeats, clock)
+    print(
+        f"\nload average {load0:.1f} → {os.getloadavg()[0]:.1f}; minimum of {repeats} "
+        f"repeats; {'process CPU' if '--cpu' in argv else 'wall'} time\n"
+    )
+    print(format_table(rows))

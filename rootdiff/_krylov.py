@@ -1,0 +1,345 @@
+"""Krylov solvers of :mod:`rootdiff.linear_solve`: CG, BiCGStab, GMRES, CG on the normal equations.
+
+Every solver is called as ``solve(matvec, b, **options)`` on pytrees and returns
+``x`` (or ``(x, SolveInfo)`` with ``return_info=True``); see
+:mod:`rootdiff.linear_solve` for the options. They follow the textbook algorithms,
+written on flat vectors, with a ``jax.lax.while_loop`` per solve.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from rootdiff._linalg_base import (
+    MatVec,
+    PyTree,
+    _finish,
+    _matmul,
+    _norm,
+    _reduced,
+    _setup,
+    _vdot,
+    _zero_count,
+)
+
+__all__ = ["cg", "bicgstab", "gmres", "normal_cg"]
+
+
+def cg(
+    matvec: MatVec,
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    ridge: float | None = None,
+    M: MatVec | None = None,
+    return_info: bool = False,
+):
+    """Conjugate gradient for a symmetric positive definite ``A``: solves ``A x = b``.
+
+    Args:
+      matvec: ``v ↦ A v`` on pytrees shaped like ``b``; ``A`` must be SPD
+        (or symmetric negative definite).
+      b: right-hand side, any pytree of floating arrays (total size ``n``).
+      init, tol, atol, maxiter, ridge, M: see the module docstring; ``maxiter``
+        defaults to ``10 n``.
+      return_info: also return a :class:`SolveInfo`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+      >>> x = cg(lambda v: A @ v, jnp.array([1.0, 2.0]))
+      >>> bool(jnp.allclose(A @ x, jnp.array([1.0, 2.0]), atol=1e-5))
+      True
+    """
+    mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
+    maxiter = 10 * b_flat.size if maxiter is None else maxiter
+    # One matvec site in the graph (XLA compile time grows with each product the
+    # user's operator emits): an iteration either takes a CG step, A p, or — when
+    # the recursive residual says converged, or to start from ``init`` — verifies
+    # with the true residual, A x. A failed verification restarts CG from the true
+    # residual (residual replacement). ``converged`` always rests on a true residual.
+    verify0 = init is not None  # r0 = b − A x0 needs a product; zero start: r0 = b
+    r0 = b_flat
+    z0 = prec(r0)
+    gamma0 = _vdot(r0, z0)
+    r0_norm = _norm(r0)
+    done0 = (r0_norm <= thresh) & (not verify0)
+    k0 = _zero_count(gamma0)
+
+    def cond(state):
+        *_, r_norm, verify, done, k = state
+        return ~done & jnp.isfinite(r_norm) & (verify | (k < maxiter))
+
+    def body(state):
+        x, r, z, p, gamma, r_norm, verify, _, k = state
+        Av = mv(jnp.where(verify, x, p))
+        # CG step (its values are discarded on a verification iteration).
+        pAp = _vdot(p, Av)
+        alpha = gamma / jnp.where(verify | (pAp == 0), 1, pAp)
+        x_step = x + alpha * p
+        r_step = r - alpha * Av
+        r_new = jnp.where(verify, b_flat - Av, r_step)
+        z_new = prec(r_new)
+        gamma_new = _vdot(r_new, z_new)
+        beta = gamma_new / jnp.where(gamma == 0, 1, gamma)
+        p_new = jnp.where(verify, z_new, z_new + beta * p)
+        r_norm_new = _norm(r_new)
+        small = r_norm_new <= thresh
+        return (
+            jnp.where(verify, x, x_step), r_new, z_new, p_new, gamma_new, r_norm_new,
+            ~verify & small, verify & small, k + jnp.where(verify, 0, 1),
+        )  # fmt: skip
+
+    verify = jnp.zeros_like(done0) | verify0  # typed like the data (see _zero_count)
+    init_state = (x0, r0, z0, z0, gamma0, r0_norm, verify, done0, k0)
+    x, _, _, _, _, r_norm, _, done, k = jax.lax.while_loop(cond, body, init_state)
+    # ``done``: the true residual ``r_norm`` met the tolerance. Otherwise ``r_norm`` is
+    # the last (recursive or true) residual, above the tolerance or NaN.
+    return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info, converged=done)
+
+
+def bicgstab(
+    matvec: MatVec,
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    ridge: float | None = None,
+    M: MatVec | None = None,
+    return_info: bool = False,
+):
+    """Preconditioned BiCGStab for a general square ``A``: solves ``A x = b``.
+
+    Args and returns as :func:`cg`; ``A`` need not be symmetric.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[3.0, 1.0], [-1.0, 2.0]])
+      >>> x = bicgstab(lambda v: A @ v, jnp.array([1.0, 0.0]))
+      >>> bool(jnp.allclose(A @ x, jnp.array([1.0, 0.0]), atol=1e-5))
+      True
+    """
+    mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
+    maxiter = 10 * b_flat.size if maxiter is None else maxiter
+    r0 = b_flat if init is None else b_flat - mv(x0)  # no matvec for a zero start
+    one = jnp.ones_like(b_norm, dtype=b_flat.dtype)
+    zero = jnp.zeros_like(b_flat)
+
+    def cond(state):
+        _, r, *_, k = state
+        return (_norm(r) > thresh) & (k < maxiter)
+
+    def body(state):
+        x, r, rhat, p, v, rho, alpha, omega, k = state
+        rho_new = _vdot(rhat, r)
+        beta = (rho_new / rho) * (alpha / omega)
+        p = r + beta * (p - omega * v)
+        phat = prec(p)
+        v = mv(phat)
+        alpha = rho_new / _vdot(rhat, v)
+        s = r - alpha * v
+        shat = prec(s)
+        t = mv(shat)
+        tt = _vdot(t, t)
+        omega = jnp.where(tt > 0, _vdot(t, s) / jnp.where(tt > 0, tt, 1), 0)
+        x = x + alpha * phat + omega * shat
+        r = s - omega * t
+        return x, r, rhat, p, v, rho_new, alpha, omega, k + 1
+
+    init_state = (x0, r0, r0, zero, zero, one, one, one, _zero_count(b_norm))
+    x, *_, k = jax.lax.while_loop(cond, body, init_state)
+    r_norm = _norm(b_flat - mv(x))
+    return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info)
+
+
+def gmres(
+    matvec: MatVec,
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    restart: int = 20,
+    ridge: float | None = None,
+    M: MatVec | None = None,
+    return_info: bool = False,
+):
+    """Restarted GMRES(``restart``) for a general square ``A``: solves ``A x = b``.
+
+    Each cycle grows an Arnoldi basis (classical Gram–Schmidt with one
+    re-orthogonalisation, as two matrix products) while Givens rotations keep the
+    least-squares residual ``‖b − A x‖`` current, so a cycle stops as soon as it
+    meets ``tol`` — no matvec is spent past convergence. The next cycle starts
+    from the exact residual ``b − A x`` (one matvec), which also verifies
+    convergence. ``M`` is a right preconditioner. ``maxiter`` caps the number of
+    Arnoldi matvecs (default ``10 n``).
+
+    The whole solve is one ``while_loop`` with a single product by ``A``: an
+    iteration either extends the basis (``A M vⱼ``) or starts a cycle (``A x``).
+    XLA's compile time grows with every copy of the user's operator in the graph.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[3.0, 1.0], [-1.0, 2.0]])
+      >>> x = gmres(lambda v: A @ v, jnp.array([1.0, 0.0]))
+      >>> bool(jnp.allclose(A @ x, jnp.array([1.0, 0.0]), atol=1e-5))
+      True
+    """
+    mv, b_flat, unravel, x0, prec, b_norm, thresh = _setup(matvec, b, init, tol, atol, ridge, M)
+    n = b_flat.size
+    maxiter = 10 * n if maxiter is None else maxiter
+    m = max(1, min(restart, n, maxiter))
+    dtype = b_flat.dtype
+    tiny = jnp.finfo(dtype).tiny
+    eye = jnp.eye(m, dtype=dtype)
+    red = _reduced(b_flat)
+
+    def safe(v, eps=0):
+        return jnp.where(jnp.abs(v) > eps, v, 1)
+
+    def correction(V, R, Q, beta, j):
+        # x update of a cycle after j steps: M V_j y with R_j y = g_j, g = β Q e₁.
+        active = jnp.arange(m) < j
+        # Unused columns become identity rows so that the triangular solve ignores them.
+        R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
+        diag = jnp.where(active, jnp.diagonal(R_j), 1)
+        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
+        g = jnp.where(active, beta * Q[:m, 0], 0)
+        y = jax.scipy.linalg.solve_triangular(R_j, g, lower=False)
+        return prec(V[:m].T @ y)
+
+    def start_cycle(state, Ax):
+        # r = b − A x starts the basis; its norm is the true residual of x.
+        x, V, *_, it = state
+        r = b_flat - Ax
+        beta = _norm(r)
+        # The basis is built from r so that it carries r's sharding (rows split like
+        # the vectors, never gathered); the small matrices are replicated and typed
+        # like the data (see _zero_count).
+        V = jnp.zeros_like(V).at[0].set(r / safe(beta))
+        zero = jnp.zeros_like(beta, dtype=dtype)
+        Q = jnp.eye(m + 1, dtype=dtype) + zero  # accumulated Givens rotations
+        R = jnp.zeros((m + 1, m), dtype) + zero  # Hessenberg, rotated to upper triangular
+        done = beta <= thresh
+        return x, V, Q, R, beta, beta, _zero_count(beta), jnp.zeros_like(done), done, it
+
+    def arnoldi(state, w):
+        x, V, Q, R, beta, _, j, _, _, it = state
+        h = _matmul(V, w, red)  # rows > j of V are zero
+        w = w - V.T @ h
+        h2 = _matmul(V, w, red)  # re-orthogonalise (CGS2)
+        w = w - V.T @ h2
+        h = h + h2
+        h_next = _norm(w)
+        V = V.at[j + 1].set(jnp.where(h_next > tiny, w / safe(h_next, tiny), 0))
+        h = Q @ h.at[j + 1].set(h_next)  # the previous rotations (row j + 1 of Q is e_{j+1})
+        denom = jnp.hypot(h[j], h[j + 1])
+        c = jnp.where(denom > 0, h[j] / safe(denom), 1)
+        s = jnp.where(denom > 0, h[j + 1] / safe(denom), 0)
+        Q = Q.at[j].set(c * Q[j] + s * Q[j + 1]).at[j + 1].set(-s * Q[j] + c * Q[j + 1])
+        R = R.at[:, j].set(h.at[j].set(denom).at[j + 1].set(0))
+        j, it = j + 1, it + 1
+        res = jnp.abs(beta * Q[j, 0])  # least-squares residual after j steps
+        end = (res <= thresh) | (j >= m) | (it >= maxiter)
+        return x, V, Q, R, beta, res, j, end, jnp.zeros_like(end), it
+
+    def cond(state):
+        *_, res, _, start, done, it = state
+        return ~done & jnp.isfinite(res) & (start | (it < maxiter))
+
+    def body(state):
+        x, V, Q, R, beta, res, j, start, done, it = state
+        x = jax.lax.cond(start, lambda: x + correction(V, R, Q, beta, j), lambda: x)
+        Av = mv(jnp.where(start, x, prec(V[jnp.minimum(j, m)])))
+        state = (x, V, Q, R, beta, res, j, start, done, it)
+        return jax.lax.cond(start, start_cycle, arnoldi, state, Av)
+
+    V0 = jnp.broadcast_to(jnp.zeros_like(b_flat)[None], (m + 1, n))
+    state = (x0, V0, None, None, b_norm, b_norm, None, None, None, _zero_count(b_norm))
+    if init is None:  # r0 = b: the first cycle starts without a product
+        state = start_cycle(state, jnp.zeros_like(b_flat))
+    else:  # the first iteration computes b − A x0
+        state = start_cycle(state, b_flat)
+        state = state[:7] + (jnp.ones_like(state[8]), jnp.zeros_like(state[8]), state[9])
+    x, V, Q, R, beta, res, j, start, done, it = jax.lax.while_loop(cond, body, state)
+    # Out of budget mid-cycle: keep the cycle's progress (``res`` is its estimate);
+    # after a cycle start j = 0 and the correction is zero.
+    x = x + correction(V, R, Q, beta, j)
+    return _finish(x, res, b_norm, it, thresh, unravel, return_info, converged=done)
+
+
+def normal_cg(
+    matvec: MatVec,
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    ridge: float | None = None,
+    M: MatVec | None = None,
+    return_info: bool = False,
+):
+    """CG on the normal equations ``(AᵀA + ridge·I) x = Aᵀ b``: least squares.
+
+    ``A`` may be non-square: ``matvec`` maps the space of ``x`` (``n`` numbers) to
+    the space of ``b`` (``m`` numbers), e.g. the Jacobian of an over-determined
+    optimality condition. The space of ``x`` is given by ``init`` (a pytree shaped
+    like ``x``, also the starting point); without ``init`` it is ``b``'s space
+    (square ``A``). Returns the least-squares solution ``argmin ‖b − A x‖`` (the
+    minimum-norm one from a zero start when ``A`` is rank deficient), at the price
+    of squaring the condition number. ``Aᵀ`` is ``jax.linear_transpose`` of
+    ``matvec``; ``M`` preconditions the normal equations (a map on ``x``'s space).
+
+    ``info.residual_norm`` is ``‖b − A x‖``, which need not vanish for an
+    inconsistent system; ``info.converged`` refers to the normal equations'
+    residual ``‖Aᵀ(b − A x) − ridge·x‖``, which the iteration controls.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 3 × 2
+      >>> x = normal_cg(lambda v: A @ v, jnp.array([1.0, 1.0, 0.0]), init=jnp.zeros(2))
+      >>> [round(float(v), 4) for v in x]
+      [0.3333, 0.3333]
+    """
+    b_flat, _ = ravel_pytree(b)
+    if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
+        raise TypeError(f"normal_cg: b must be floating point, got dtype {b_flat.dtype}")
+    x_flat, unravel_x = ravel_pytree(b if init is None else init)
+    x_flat = x_flat.astype(b_flat.dtype)
+
+    def mv(x):
+        return ravel_pytree(matvec(unravel_x(x)))[0].astype(b_flat.dtype)
+
+    try:
+        out = jax.eval_shape(mv, x_flat)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "normal_cg: matvec failed on a vector shaped like "
+            + ("b; for a non-square A pass init= shaped like x" if init is None else "init")
+            + f" ({e})"
+        ) from e
+    if out.shape != b_flat.shape:
+        raise ValueError(
+            f"normal_cg: matvec maps {x_flat.size} numbers to {out.shape[0]}, but b has "
+            f"{b_flat.size}; the output of matvec must be shaped like b"
+            + ("" if init is not None else " (for a non-square A pass init= shaped like x)")
+        )
+    rmv = jax.linear_transpose(mv, x_flat)
+    normal_mv = lambda x: rmv(mv(x))[0]  # noqa: E731
+    prec = None if M is None else (lambda r: ravel_pytree(M(unravel_x(r)))[0].astype(r.dtype))
+    x, info = cg(
+        normal_mv, rmv(b_flat)[0], init=None if init is None else x_flat,
+        tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, M=prec, return_info=True,
+    )  # fmt: skip
+    info = info._replace(residual_norm=_norm(b_flat - mv(x)), b_norm=_norm(b_flat))
+    out = unravel_x(x)
+    return (out, info) if return_info else out
