@@ -224,7 +224,8 @@ def test_forward_check_newton_step_with_a_krylov_solve():
         return z * (1 + err)
 
     solver = rootdiff.custom_fixed_point(T)(iterate)
-    with pytest.warns(rootdiff.ConvergenceWarning, match=r"Newton step .* 9\.9\d\de-04 > tolerance"):
+    expected = r"Newton step .* 9\.9\d\de-04 > tolerance"
+    with pytest.warns(rootdiff.ConvergenceWarning, match=expected):
         solver(jnp.zeros(n), c, 1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", rootdiff.ConvergenceWarning)
