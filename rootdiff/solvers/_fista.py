@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
-from rootdiff.implicit import _max_abs
+from rootdiff._trees import _max_abs
 
 PyTree = Any
 

@@ -39,7 +39,8 @@ import numpy as np
 import optax.tree_utils as otu
 
 from rootdiff import _checks
-from rootdiff.implicit import Solve, _max_abs, custom_fixed_point, custom_root
+from rootdiff._trees import _max_abs
+from rootdiff.implicit import Solve, custom_fixed_point, custom_root
 from rootdiff.solvers._fista import _all_finite, _fista
 
 __all__ = ["proximal_gradient", "ProximalGradientInfo"]
