@@ -273,6 +273,8 @@ def main(argv=None):
     names = set(a.only.split(",")) if a.only else (set(QUICK) if a.quick else None)
     solve = _solver()
     rows = []
+    os.makedirs(a.out, exist_ok=True)
+    tag = "maros_meszaros_quick" if a.quick else "maros_meszaros"
     for path in files:
         name, data = load(path)
         if names is not None and name not in names:
@@ -287,10 +289,8 @@ def main(argv=None):
             + (f" grad_err={r['grad_rel_err']:.1e}" if "grad_rel_err" in r else ""),
             flush=True,
         )
-    os.makedirs(a.out, exist_ok=True)
-    tag = "maros_meszaros_quick" if a.quick else "maros_meszaros"
-    with open(os.path.join(a.out, tag + ".json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        with open(os.path.join(a.out, tag + ".json"), "w") as f:  # after each: runs are long
+            json.dump(rows, f, indent=1)
     md = summary(rows) + "\n\n" + table(rows) + "\n"
     with open(os.path.join(a.out, tag + ".md"), "w") as f:
         f.write(md)
