@@ -225,10 +225,14 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
     h0 = jnp.where(infeasible_row, 0.0, h)
     (Qs, qs, As, bs, Gs, hs), sc = equilibrate(Q, q, A, b, G, h0, absent)
     reg = _kkt.regularisation(dtype)
-    eps_inf = jnp.maximum(tol, float(jnp.finfo(dtype).eps) ** 0.5 * 1e-1)
-    # Tolerance of the scaled stop (below); a purely absolute request (tol = 0) still
-    # needs one to know when to polish.
-    tol_s = jnp.where(tol > 0, tol, SCALED_TOL[jnp.dtype(dtype).itemsize == 8])
+    # Python floats where tol is one (a literal array has no mesh in its type), traced
+    # otherwise. The scaled stop (below) needs a tolerance even for a purely absolute
+    # request (tol = 0), to know when to polish.
+    floor, scaled_tol = float(jnp.finfo(dtype).eps) ** 0.5 * 1e-1, SCALED_TOL[q.itemsize == 8]
+    if isinstance(tol, (int, float)):
+        eps_inf, tol_s = max(tol, floor), (tol if tol > 0 else scaled_tol)
+    else:
+        eps_inf, tol_s = jnp.maximum(tol, floor), jnp.where(tol > 0, tol, scaled_tol)
     convex = is_convex(Qs)
 
     def measure(it):
