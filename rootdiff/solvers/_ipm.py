@@ -34,6 +34,8 @@ _RUIZ = 10
 _TAU = 0.995
 #: Refinement steps of the corrector.
 _REFINE = 2
+#: Scaled stopping tolerance when only an absolute one is asked for (float32, float64).
+SCALED_TOL = (1e-5, 1e-10)
 
 # Status codes (mirrored by rootdiff.QPStatus).
 SOLVED, MAX_ITERATIONS, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, INACCURATE, NON_CONVEX = range(6)
@@ -223,7 +225,14 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
     h0 = jnp.where(infeasible_row, 0.0, h)
     (Qs, qs, As, bs, Gs, hs), sc = equilibrate(Q, q, A, b, G, h0, absent)
     reg = _kkt.regularisation(dtype)
-    eps_inf = max(tol, float(jnp.finfo(dtype).eps) ** 0.5 * 1e-1)
+    # Python floats where tol is one (a literal array has no mesh in its type), traced
+    # otherwise. The scaled stop (below) needs a tolerance even for a purely absolute
+    # request (tol = 0), to know when to polish.
+    floor, scaled_tol = float(jnp.finfo(dtype).eps) ** 0.5 * 1e-1, SCALED_TOL[q.itemsize == 8]
+    if isinstance(tol, (int, float)):
+        eps_inf, tol_s = max(tol, floor), (tol if tol > 0 else scaled_tol)
+    else:
+        eps_inf, tol_s = jnp.maximum(tol, floor), jnp.where(tol > 0, tol, scaled_tol)
     convex = is_convex(Qs)
 
     def measure(it):
@@ -245,7 +254,8 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         rp = jnp.maximum(inf_norm(Ax - bs), inf_norm(Gx + s - hs))
         sc_p = 1.0 + max_of(inf_norm(Ax), inf_norm(bs), inf_norm(Gx), inf_norm(s), inf_norm(hs))
         sc_g = 1.0 + max_of(*map(jnp.abs, [x @ Qx, qs @ x, bs @ y, hs @ z]))
-        return (inf_norm(rd) <= tol * sc_d) & (rp <= tol * sc_p) & (jnp.dot(s, z) <= tol * sc_g)
+        gap = jnp.dot(s, z)
+        return (inf_norm(rd) <= tol_s * sc_d) & (rp <= tol_s * sc_p) & (gap <= tol_s * sc_g)
 
     def classify(it, best, best_merit, k):
         value = measure(it)

@@ -90,12 +90,14 @@ def solve(fac, r):
     return jax.scipy.linalg.lu_solve(fac, r)
 
 
+@jax.tree_util.register_pytree_node_class
 class Reduced:
     """Factorised ``[[Q + ρI + GᵀWG, Aᵀ], [A, −δI]]`` with ``W = 1/(D + δ)``.
 
     ``D`` is given as ``d`` (``(m,)``, ``≥ 0``, ``+inf`` allowed: that row drops out,
     as an absent constraint). :meth:`apply_inverse` solves the regularised
     unreduced system; :func:`refine` corrects it against an exact ``matvec``.
+    A pytree (its arrays are the leaves): it can be carried through a loop.
     """
 
     def __init__(self, Q, A, G, d, reg):
@@ -105,6 +107,16 @@ class Reduced:
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
         K = jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]])
         self.fac = factor(K)
+
+    def tree_flatten(self):
+        return (self.G, self.w, self.fac), (self.n, self.reg)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.n, obj.reg = aux
+        obj.G, obj.w, obj.fac = children
+        return obj
 
     def apply_inverse(self, r):
         """Solve ``[[Q+ρ, Aᵀ, Gᵀ], [A, −δ, 0], [G, 0, −(D+δ)]] (dx, dy, dz) = r``."""

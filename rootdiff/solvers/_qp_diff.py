@@ -28,6 +28,8 @@ from rootdiff.solvers.eq_qp import _sym
 #: ``δ/(λ + δ)``: many are needed only for ill-conditioned ``Q``; they stop at rounding).
 _REFINE = 8
 _REFINE_POLISH = 50
+#: Most active-set corrections of polishing (see :func:`polish_corrected`).
+_ROUNDS = 3
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
@@ -72,7 +74,13 @@ def qp_central_path_residual(primal_dual, Q, q, A, b, G, h, smoothing, balanced=
     return _sym(Q) @ x + q + A.T @ y + G.T @ z, A @ x - b, last
 
 
-def active_set_solve(scaled, active, steps=_REFINE):
+def active_set_factor(scaled, active):
+    """The regularised reduced matrix of the active-set Jacobian, factorised (a pytree)."""
+    Qs, As, Gs, _ = scaled
+    return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
+
+
+def active_set_solve(scaled, active, steps=_REFINE, red=None):
     """``solve(matvec, r)`` for the active-set Jacobian, factorised once.
 
     ``scaled = (Q̂, Â, Ĝ, scaling)`` from the interior point: the system is mapped to
@@ -80,10 +88,11 @@ def active_set_solve(scaled, active, steps=_REFINE):
     solved there with the regularised reduced matrix (active rows as equalities,
     inactive ones eliminated), mapped back, then refined ``steps`` times against
     the exact ``matvec`` it is given (so transposed systems work: ``J`` is symmetric).
+    ``red``: the :func:`active_set_factor` of ``active``, if already computed.
     """
-    Qs, As, Gs, sc = scaled
+    sc = scaled[3]
     g, c = sc.gamma, sc.c
-    red = _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
+    red = active_set_factor(scaled, active) if red is None else red
     row_i = jnp.where(active, g / sc.EG, g * sc.EG / c)
 
     def apply_inverse(r):
@@ -111,6 +120,56 @@ def polish(sol, active, data, solve):
     step = solve(matvec, residual, steps=_REFINE_POLISH, unrolled=False)
     x, y, z = (v - d for v, d in zip(sol, step, strict=True))
     return x, y, jnp.where(active, z, 0.0)
+
+
+def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
+    """:func:`polish` on ``active``, with primal–dual active-set corrections.
+
+    A polished point is kept only if it is at least as accurate as ``sol`` (by
+    ``merit``, lower is better), finite, and its active multipliers are ``≥ 0``.
+    When it is not, the active set was misidentified (a near-degenerate row at the
+    end of the interior point): rows with a negative multiplier leave it, inactive
+    rows the polished ``x`` violates join it, and polishing is tried again, at most
+    ``rounds`` times (a ``while_loop``: nothing runs when the first try is kept).
+
+    Returns ``(point, active, solve, merit, taken)``: the polished point and its
+    active set and active-set ``solve`` if one was kept, else ``sol``, ``active``
+    and its solve; ``merit`` of the returned point.
+    """
+    G, h = data[4], data[5]
+    value0 = merit(sol)
+
+    def attempt(act, red):
+        pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
+        value = merit(pol)
+        z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
+        take = (value <= value0) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
+        return pol, value, take
+
+    red0 = active_set_factor(scaled, active)
+    pol, value, take = attempt(active, red0)
+
+    def cond(st):
+        k, _, _, _, _, take, changed = st
+        return ~take & changed & (k < rounds)
+
+    def body(st):
+        k, act, _, pol, _, _, _ = st
+        x, _, z = pol
+        violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
+        new = (act & (z > 0)) | violated
+        red = active_set_factor(scaled, new)
+        pol, value, take = attempt(new, red)
+        return k + 1, new, red, pol, value, take, jnp.any(new != act)
+
+    k0 = jnp.zeros_like(value, dtype=jnp.int32)
+    st = jax.lax.while_loop(cond, body, (k0, active, red0, pol, value, take, jnp.any(~take)))
+    _, act, red, pol, value, take, _ = st
+    sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
+    point = sel(pol, sol)
+    act = jnp.where(take, act, active)
+    red = sel(red, red0)
+    return point, act, active_set_solve(scaled, act, red=red), jnp.where(take, value, value0), take
 
 
 def _flagged(residual):

@@ -23,9 +23,8 @@ from rootdiff import _checks
 from rootdiff.solvers import _ipm, _kkt
 from rootdiff.solvers._ipm import Iterate
 from rootdiff.solvers._qp_diff import (
-    active_set_solve,
     differentiable,
-    polish,
+    polish_corrected,
     qp_central_path_residual,
     qp_kkt_residual,
 )
@@ -298,21 +297,16 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     data = sg((_sym(Q), q, A, b, G, h))
     res = _ipm.ipm(*data, tol=tol, atol=atol, maxiter=maxiter, init=start)
     absent = _ipm.absent_rows(data[5])
-    solve = active_set_solve(res.scaled, res.active)
-    sol = (res.x, res.y, res.z)
-    value0, _ = _ipm.merit(*data, absent, *sol, tol, atol)
-    pol = polish(sol, res.active, data, solve)
-    value1, _ = _ipm.merit(*data, absent, *pol, tol, atol)
-    z_min = jnp.min(jnp.where(res.active, pol[2], jnp.inf), initial=jnp.inf)
-    take = (value1 <= value0) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
-    sol = tuple(jnp.where(take, a, b_) for a, b_ in zip(pol, sol, strict=True))
-    value = jnp.minimum(jnp.where(take, value1, value0), value0)
+    sol, active, solve, value, _ = polish_corrected(
+        (res.x, res.y, res.z), res.active, data, res.scaled, absent,
+        lambda v: _ipm.merit(*data, absent, *v, tol, atol)[0],
+    )  # fmt: skip
     status = _final_status(res.status, value, tol, atol)
     ok = status == QPStatus.SOLVED
     sol = _guard(sol, value, res.k, ok, check)
 
     mode = "nan" if check == "nan" else "off"
-    x, y, z = differentiable(sol, (Q, q, A, b, G, h), ok=ok, active=res.active, solve=solve,
+    x, y, z = differentiable(sol, (Q, q, A, b, G, h), ok=ok, active=active, solve=solve,
                              diff_solve=diff_solve, check=mode)  # fmt: skip
     if not (isinstance(smoothing, (int, float)) and smoothing == 0):
         # Central-path point of barrier weight κ from the solution (Newton on s ⊙ z = κ).
