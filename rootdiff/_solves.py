@@ -169,6 +169,26 @@ def _no_auto_pcast():
     return auto_pcast(False)
 
 
+def custom_linear_solve(matvec, b, solve, *, transpose_solve=None, symmetric=False):
+    """``jax.lax.custom_linear_solve`` that also works inside ``shard_map``.
+
+    Same arguments as JAX's (``solve(matvec, r)``); inside ``shard_map`` it poses
+    the solve through :func:`_linear_solve_manual`, which keeps the varying-axes
+    types of the closed-over values consistent.
+    """
+    if not _manual_axes():
+        return jax.lax.custom_linear_solve(
+            matvec, b, solve, transpose_solve=transpose_solve, symmetric=symmetric
+        )
+    if transpose_solve is None:
+        if not symmetric:
+            raise ValueError("custom_linear_solve: transpose_solve is required unless symmetric")
+        transpose_solve = solve
+    return _linear_solve_manual(
+        matvec, b, solve=solve, transpose_solve=transpose_solve, symmetric=symmetric
+    )
+
+
 def _linear_solve_manual(matvec, b, *, solve, transpose_solve, symmetric):
     """``jax.lax.custom_linear_solve`` inside ``shard_map``, with consistent types.
 

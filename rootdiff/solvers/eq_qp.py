@@ -37,6 +37,7 @@ import numpy as np
 
 from rootdiff import _checks
 from rootdiff import linear_solve as _ls
+from rootdiff._solves import custom_linear_solve
 from rootdiff.implicit import custom_root
 
 __all__ = ["solve_eq_qp", "eq_qp_kkt_residual"]
@@ -238,7 +239,7 @@ def _solve_dense(Q, c, A, b, *, check):
     # derivative solve (tangent or adjoint, K symmetric, any order) is one more
     # application of the factorisation.
     rhs = jnp.concatenate([-c, b])
-    v = jax.lax.custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)
+    v = custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)  # also under shard_map
     if check != "off":
         v_, rhs_ = jax.lax.stop_gradient((v, rhs))
         res = rhs_ - K @ v_  # one product with the assembled K
