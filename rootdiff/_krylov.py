@@ -139,11 +139,18 @@ def bicgstab(
     def body(state):
         x, r, rhat, p, v, rho, alpha, omega, k = state
         rho_new = _vdot(rhat, r)
-        beta = (rho_new / rho) * (alpha / omega)
+        # Breakdown (rhat ⊥ r, or ω = 0 from s ⊥ As): the recurrences would divide by
+        # zero. Restart them from the current residual (rhat = r, p = r) instead.
+        restart = (rho_new == 0) | (rho == 0) | (omega == 0)
+        rhat = jnp.where(restart, r, rhat)
+        rho_new = jnp.where(restart, _vdot(r, r), rho_new)
+        safe = lambda d: jnp.where(restart, 1, d)  # noqa: E731
+        beta = jnp.where(restart, 0, (rho_new / safe(rho)) * (alpha / safe(omega)))
         p = r + beta * (p - omega * v)
         phat = prec(p)
         v = mv(phat)
-        alpha = rho_new / _vdot(rhat, v)
+        rv = _vdot(rhat, v)
+        alpha = jnp.where(rv == 0, 0, rho_new / jnp.where(rv == 0, 1, rv))
         s = r - alpha * v
         shat = prec(s)
         t = mv(shat)

@@ -230,3 +230,16 @@ def test_forward_check_newton_step_with_a_krylov_solve():
     with warnings.catch_warnings():
         warnings.simplefilter("error", rootdiff.ConvergenceWarning)
         solver(jnp.zeros(n), c, 0.0)
+
+
+def test_bicgstab_recovers_from_breakdown():
+    # ∂ₓF = I + 0.1 diag(cos x₋₁) S (S the cyclic shift) and b = e₁: the second
+    # iteration's residual is orthogonal to r̂ = b (ρ = 0), a BiCGStab breakdown that
+    # returned NaN before the recurrences restarted from the current residual.
+    x = jnp.array([-0.9, -0.5, 0.0, 0.5, 0.9])
+    F = lambda z: z + 0.1 * jnp.sin(jnp.roll(z, 1))  # noqa: E731
+    mv = lambda v: jax.jvp(F, (x,), (v,))[1]  # noqa: E731
+    b = jnp.zeros(5).at[0].set(1.0)
+    sol, info = ls.bicgstab(mv, b, return_info=True)
+    assert bool(info.converged)
+    np.testing.assert_allclose(sol, jnp.linalg.solve(jax.jacfwd(F)(x), b), rtol=1e-9)
