@@ -42,7 +42,11 @@ _CACHE_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
-if os.environ.get("ROOTDIFF_TEST_JAX_CACHE", "1") != "0":
+# Only on the jax versions where it was verified (0.10, 0.12): on jax 0.5.3 the cache
+# handed a program compiled for one test's data-independent twin to the next, and
+# Krylov solves returned zeros (tests/test_linear_solve.py in the quick subset).
+_CACHE_VERIFIED = tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 10)
+if os.environ.get("ROOTDIFF_TEST_JAX_CACHE", "1") != "0" and _CACHE_VERIFIED:
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         _cache_dir = tempfile.mkdtemp(prefix="rootdiff-tests-jax-cache-")
         atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
