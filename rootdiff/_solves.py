@@ -124,8 +124,7 @@ def _implicit_tangent(F_x, F_theta, sol, theta, theta_dot, fwd_solve, bwd_solve,
 
         return flat_solve
 
-    solve = _linear_solve_manual if _manual_axes() else jax.lax.custom_linear_solve
-    x = solve(
+    x = custom_linear_solve(
         flat(matvec),
         b,
         solve=on_pytrees(fwd_solve),
