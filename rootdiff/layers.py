@@ -181,8 +181,9 @@ def lml(x: jax.Array, k: int | float | jax.Array, axis: int = -1) -> jax.Array:
 
     Args:
       x: scores, any shape; ``n = x.shape[axis]``.
-      k: the label budget, ``0 < k < n``: a Python number (static; ``k ≥ n``
-        returns ones and ``k ≤ 0`` zeros, as in the paper's code), or an array
+      k: the label budget, ``0 < k < n``: a Python number (``k ≥ n`` returns
+        ones and ``k ≤ 0`` zeros, as in the paper's code; a new value of ``k``
+        does not recompile), or an array
         broadcastable to the batch shape (``x`` without ``axis``), which is
         differentiated if floating; an array ``k`` outside ``(0, n)`` gives NaN.
         Entries ``−inf`` (masked) get ``y = 0``; ``k`` must then be below the
@@ -207,15 +208,16 @@ def lml(x: jax.Array, k: int | float | jax.Array, axis: int = -1) -> jax.Array:
             return jnp.ones_like(x)
         if k <= 0:
             return jnp.zeros_like(x)
-        return _lml_static_k(x, k, axis)
+        return _lml_scalar_k(x, jnp.asarray(k, x.dtype), axis)
     k = jnp.asarray(k)
     if jnp.issubdtype(k.dtype, jnp.floating):
         k = k.astype(x.dtype)
     return _lml_array_k(x, k, axis)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "axis"))
-def _lml_static_k(x: jax.Array, k: float, axis: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="axis")
+def _lml_scalar_k(x: jax.Array, k: jax.Array, axis: int) -> jax.Array:
+    # One k for every row; traced, so that each new Python k reuses the compiled loop.
     return _over_rows(_lml_row, x, axis, k, extra_axes=(None,))
 
 

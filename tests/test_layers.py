@@ -272,3 +272,14 @@ def test_bad_axis_and_empty_input_say_what_is_wrong():
         sparsemax(jnp.zeros(0))
     with pytest.raises(TypeError, match="axis must be an int"):
         sparsemax(x, axis=None)
+
+
+def test_lml_new_python_k_does_not_recompile():
+    from rootdiff import layers
+
+    x = jnp.linspace(-1.0, 2.0, 7)
+    before = layers._lml_scalar_k._cache_size()
+    ys = [lml(x, k) for k in (2, 3, 4.5)]
+    assert layers._lml_scalar_k._cache_size() == before + 1
+    for k, y in zip((2, 3, 4.5), ys):
+        assert_lml_solution(y, x, k, 1e-13)
