@@ -54,7 +54,11 @@ def active_set_qp(active):
 
 
 def loss(solver):
-    return lambda *a: jnp.sum(jnp.sin(solver(*a))) + jnp.sum(solver(*a) ** 2)
+    def f(*a):
+        x = solver(*a)  # one solve per loss: half the graph to compile
+        return jnp.sum(jnp.sin(x)) + jnp.sum(x**2)
+
+    return f
 
 
 solve_info = jax.jit(lambda *a: rootdiff.solve_qp(*a, return_info=True))
@@ -169,7 +173,7 @@ def test_closed_form_projection_and_empty_conventions():
     G, h = jnp.ones((1, 2)), jnp.ones(1)
     x = rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h)
     np.testing.assert_allclose(x, c - 1.0, atol=1e-9)
-    dx_dh = jax.jacobian(lambda h: rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h))(h)
+    dx_dh = jax.jit(jax.jacobian(lambda h: rootdiff.solve_qp(jnp.eye(2), -c, A, b, G, h)))(h)
     np.testing.assert_allclose(dx_dh[:, 0], [0.5, 0.5], atol=1e-9)
     # No inequalities at all: the equality-constrained solve.
     Gn, hn = _empty(2)
@@ -214,7 +218,9 @@ def test_jvp_jacfwd_jacrev_hessian(problem):
 
 def test_duals_are_differentiable(problem):
     (Q, q, A, b, G, h), active = problem
-    dz = jax.jacobian(lambda h: rootdiff.solve_qp(Q, q, A, b, G, h, return_info=True)[1].z)(h)
+    dz = jax.jit(
+        jax.jacobian(lambda h: rootdiff.solve_qp(Q, q, A, b, G, h, return_info=True)[1].z)
+    )(h)
     # Inactive multipliers stay at zero to first order.
     np.testing.assert_allclose(dz[~active], 0.0, atol=1e-8)
     assert bool(jnp.all(jnp.isfinite(dz)))
@@ -223,8 +229,17 @@ def test_duals_are_differentiable(problem):
 def test_vmap_batch_matches_loop():
     batch = [_problem(s) for s in range(3, 7)]
     stacked = [jnp.stack(v) for v in zip(*batch)]
-    xs = jax.jit(jax.vmap(rootdiff.solve_qp))(*stacked)
-    gs = jax.jit(jax.vmap(grad_ours))(*stacked)
+
+    # One compiled function for the values and the gradients (has_aux: x of the same solve).
+    def x_and_grad(*a):
+        def f(*a):
+            x = rootdiff.solve_qp(*a)
+            return jnp.sum(jnp.sin(x)) + jnp.sum(x**2), x
+
+        g, x = jax.grad(f, argnums=ARGNUMS, has_aux=True)(*a)
+        return x, g
+
+    xs, gs = jax.jit(jax.vmap(x_and_grad))(*stacked)
     for i, args in enumerate(batch):
         np.testing.assert_allclose(xs[i], solve_info(*args)[0], rtol=1e-10, atol=1e-12)
         for g, r in zip(gs, grad_ours(*args)):
@@ -283,13 +298,11 @@ def test_failure_checks_warn_raise_nan():
         rootdiff.solve_qp(*args)
     with pytest.raises(Exception, match="solve_qp"):
         jax.block_until_ready(rootdiff.solve_qp(*args, check="raise"))
-    x = rootdiff.solve_qp(*args, check="nan")
-    assert bool(jnp.all(jnp.isnan(x)))
-    # A solved problem in the same batch is untouched by "nan".
+    # "nan": the failed problem is NaN, a solved one in the same batch is untouched.
     ok = (jnp.eye(1), -jnp.ones(1), A, b, -jnp.eye(1), jnp.zeros(1))
     batch = [jnp.stack([u, v]) for u, v in zip(args, ok)]
-    xs = jax.vmap(lambda *a: rootdiff.solve_qp(*a, check="nan"))(*batch)
-    assert bool(jnp.isnan(xs[0, 0])) and abs(float(xs[1, 0]) - 1.0) < 1e-8
+    xs = jax.jit(jax.vmap(lambda *a: rootdiff.solve_qp(*a, check="nan")))(*batch)
+    assert bool(jnp.all(jnp.isnan(xs[0]))) and abs(float(xs[1, 0]) - 1.0) < 1e-8
 
 
 def test_maxiter_reports_not_converged():

@@ -146,25 +146,29 @@ def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
         take = (value <= value0) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
         return pol, value, take
 
-    red0 = active_set_factor(scaled, active)
-    pol, value, take = attempt(active, red0)
-
     def cond(st):
-        k, _, _, _, _, take, changed = st
-        return ~take & changed & (k < rounds)
+        k, _, _, _, _, _, take, changed = st
+        return ~take & changed & (k <= rounds)
 
     def body(st):
-        k, act, _, pol, _, _, _ = st
+        # Round 0 polishes on ``active``; later rounds on its correction. All rounds
+        # share this one traced (and compiled) body.
+        k, act, red_first, _, pol, _, _, _ = st
         x, _, z = pol
         violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
-        new = (act & (z > 0)) | violated
+        new = jnp.where(k == 0, act, (act & (z > 0)) | violated)
         red = active_set_factor(scaled, new)
+        red_first = jax.tree.map(lambda a, b: jnp.where(k == 0, a, b), red, red_first)
         pol, value, take = attempt(new, red)
-        return k + 1, new, red, pol, value, take, jnp.any(new != act)
+        return k + 1, new, red_first, red, pol, value, take, (k == 0) | jnp.any(new != act)
 
-    k0 = jnp.zeros_like(value, dtype=jnp.int32)
-    st = jax.lax.while_loop(cond, body, (k0, active, red0, pol, value, take, jnp.any(~take)))
-    _, act, red, pol, value, take, _ = st
+    # Placeholders for the loop's first carry, typed like the data (not literals).
+    zero = jnp.zeros_like(value0)
+    shapes = jax.eval_shape(active_set_factor, scaled, active)
+    red_init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
+    k0 = zero.astype(jnp.int32)
+    init = (k0, active, red_init, red_init, sol, value0, k0 < 0, k0 == 0)
+    _, act, red0, red, pol, value, take, _ = jax.lax.while_loop(cond, body, init)
     sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
     point = sel(pol, sol)
     act = jnp.where(take, act, active)
