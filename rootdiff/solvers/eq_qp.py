@@ -18,11 +18,12 @@ factorisation of ``K`` instead of factorising again; the matrix-free path gives
 
 Singular ``K`` (a duplicated equality row, a singular ``Q`` with ``c`` in its range):
 what is factorised is the quasi-definite ``K_δ = [[Q + δI, Aᵀ], [A, −δI]]`` with
-``δ = eps·max|K|``, a perturbation the size of one rounding of ``K``'s largest entry
-(LU's own backward error is larger), so for a nonsingular ``K`` the solve is as
-accurate as a plain LU, with no refinement step; for a singular but consistent
-system it returns a finite solution instead of ``inf``/NaN; for an inconsistent one
-(contradictory constraints) the KKT residual stays large and the check reports it.
+``δ = eps·max(max|Q|, max|A|)`` (``= eps·max|K|`` for a symmetric ``Q``), a
+perturbation the size of one rounding of ``K``'s largest entry (LU's own backward
+error is larger), so for a nonsingular ``K`` the solve is as accurate as a plain LU,
+with no refinement step; for a singular but consistent system it returns a finite
+solution instead of ``inf``/NaN; for an inconsistent one (contradictory constraints)
+the KKT residual stays large and the check reports it.
 """
 
 from __future__ import annotations
