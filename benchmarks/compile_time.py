@@ -24,7 +24,24 @@ lasso (``proximal_gradient`` vs jaxopt ``ProximalGradient``), sparsemax and LML
 (vs jaxopt ``Bisection``), ``solve_qp`` (vs qpax) and ``solve_eq_qp`` (vs a dense
 KKT solve).
 
-Run: ``python -m benchmarks.compile_time [--repeats 3] [--only ridge,deq]``.
+Run: ``python -m benchmarks.compile_time [--repeats 3] [--only ridge,deq] [--cpu]``.
+
+What the columns showed on a 2-core CPU (load 8–11, process CPU time, minimum of 3):
+XLA:CPU spends roughly 10–15 ms per kernel, small scalar ones included, so the
+``kernels`` column (independent of the load) is the figure to drive down. The
+forward check's Newton step is one more Krylov loop (ridge: +32 kernels, ≈ 0.05–0.1 s;
+DEQ: +83 kernels, ≈ 0.2–0.3 s); the guards and residuals another 15 kernels
+(≈ 0.15 s). Swapping the step's GMRES for BiCGStab (half the kernels standalone)
+did not shorten the compile of the whole program, and neither did a fixed-size
+Arnoldi estimate by enough to justify a weaker check.
+
+| workload (rootdiff ÷ peer, total) | kernels before → after | ratio before → after |
+|---|---|---|
+| ridge n=2000 d=200 | 117 → 115 (peer 67) | 1.81 → 1.58–1.73 |
+| DEQ n=400 B=8 | 221 → 201 (peer 116) | 1.65 → 1.46–1.59 |
+| lasso p=200 | 113 → 109 (peer 78) | 1.36 → 1.23–1.49 |
+| equality QP n=500 p=100 | 44 → 40 (peer 27) | 1.91 → 1.78–1.82 |
+| sparsemax / LML | 33 / 41 (peers 50 / 49) | 0.74 / 0.97 |
 """
 
 from __future__ import annotations

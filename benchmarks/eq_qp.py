@@ -11,8 +11,9 @@ Timing. On a shared, loaded machine, implementations timed one after the other
 (each median taken in its own stretch of time) disagree by more than 2× even when
 they compile to the same program; here every implementation of a workload is timed
 *interleaved* — one call of each in turn, repeated — and the minimum is reported, as
-is the minimum of two compilations each (also interleaved). The machine's load is
-recorded in the note.
+is the minimum of two compilations each (also interleaved). The note adds the median,
+over rounds, of each implementation's CPU time divided by the dense KKT solve's in the
+same round (less disturbed by the load than wall time), and the machine's load.
 
 Reference gradient (numpy float64): ``K = [[Q, Aᵀ], [A, 0]]``, ``(x, y) = K⁻¹(−c, b)``,
 adjoint ``K (u, v) = (x̄, ȳ)``, then ``∂Q = −sym(u xᵀ)``, ``∂c = −u``,
@@ -115,7 +116,13 @@ def full_loss(solve):
 
 
 def _interleaved(fns: dict, args: tuple, repeats: int):
-    """Compile each twice and call each ``repeats`` times, in turn; minima per name."""
+    """Compile each twice and call each ``repeats`` times, in turn.
+
+    Per name: minimum compile time, minimum wall time (ms), the output, and the median
+    over rounds of the ratio of its CPU time (``time.process_time``, all threads) to
+    that of :data:`DENSE` in the same round (NaN without it): on a loaded machine the
+    wall time also counts the wait for a core, which the CPU time does not.
+    """
     compiled, compile_s, outs = {}, {k: [] for k in fns}, {}
     for _ in range(2):
         for k, f in fns.items():
@@ -125,13 +132,18 @@ def _interleaved(fns: dict, args: tuple, repeats: int):
             compile_s[k].append(time.perf_counter() - t0)
     for k, f in compiled.items():
         outs[k] = jax.block_until_ready(f(*args))  # warm-up
-    run_s = {k: [] for k in fns}
+    run_s, cpu_s = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in compiled.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             jax.block_until_ready(f(*args))
             run_s[k].append(time.perf_counter() - t0)
-    return {k: (min(compile_s[k]), 1e3 * min(run_s[k]), outs[k]) for k in fns}
+            cpu_s[k].append(time.process_time() - c0)
+    ref = cpu_s.get(DENSE)
+    cpu_ratio = {
+        k: float(np.median(np.divide(v, ref))) if ref else float("nan") for k, v in cpu_s.items()
+    }
+    return {k: (min(compile_s[k]), 1e3 * min(run_s[k]), outs[k], cpu_ratio[k]) for k in fns}
 
 
 def _workload(name, make_fn, args, g_ref, grad_of, *, quick, repeats, only=None) -> list[Row]:
@@ -149,8 +161,8 @@ def _workload(name, make_fn, args, g_ref, grad_of, *, quick, repeats, only=None)
         warnings.simplefilter("ignore")
         results = _interleaved(fns, args, repeats)
     load = os.getloadavg()[0]
-    for impl, (c, r, out) in results.items():
-        note = f"interleaved minima, load {load:.1f}"
+    for impl, (c, r, out, cpu_ratio) in results.items():
+        note = f"interleaved minima, load {load:.1f}; CPU time ÷ dense KKT (median) {cpu_ratio:.2f}"
         rows.append(
             Row(name, impl, c, r, rel_err(grad_of(out), g_ref), note=note,
                 is_rootdiff=impl.startswith("rootdiff"))
@@ -160,7 +172,7 @@ def _workload(name, make_fn, args, g_ref, grad_of, *, quick, repeats, only=None)
 
 def run(quick: bool = False) -> list[Row]:
     sizes = [(100, 20)] if quick else [(500, 100), (2000, 400)]
-    repeats = 5 if quick else 15
+    repeats = 5 if quick else 21
     rows = []
     for n, p in sizes:
         Q, c, A, b, t = make_problem(n, p)

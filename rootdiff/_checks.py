@@ -111,27 +111,31 @@ def _host_report(n_bad, n_total, values, thresholds, iterations, *, mode, what, 
 
 @functools.cache
 def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
-    """``report(n_bad, n_total, values[k], thresholds[k], iterations) -> 0.0``.
+    """``report(ok, n_bad, n_total, values[k], thresholds[k], iterations) -> 0.0``.
 
-    The host is called only when ``n_bad > 0`` (``lax.cond``), so a converged solve
-    costs no host round trip. Under ``vmap`` a plain ``cond`` would turn into a
-    ``select`` that runs the callback every time; the ``custom_vmap`` rule instead
-    reduces the batch to one report (worst value per measure, count of failures).
+    The host is called only when ``ok`` is False (``lax.cond``), so a converged
+    solve costs no host round trip; for one problem ``n_bad = n_total = 1`` are
+    constants, so the conditional's only computed operand besides the report's
+    values is ``ok`` (every value computed just to feed it would be one more
+    kernel for XLA to compile, about 10 ms each on a CPU). Under ``vmap`` a plain
+    ``cond`` would turn into a ``select`` that runs the callback every time; the
+    ``custom_vmap`` rule instead reduces the batch to one report (worst value per
+    measure, count of failures).
     """
     host = functools.partial(_host_report, mode=mode, what=what, labels=labels, site=site)
 
-    def run(n_bad, n_total, values, thresholds, iterations):
+    def run(ok, n_bad, n_total, values, thresholds, iterations):
         def call():
             shape = jax.ShapeDtypeStruct((), jnp.float32)
             return jax.pure_callback(host, shape, n_bad, n_total, values, thresholds, iterations)
 
-        return jax.lax.cond(n_bad > 0, call, lambda: jnp.zeros((), jnp.float32))
+        return jax.lax.cond(ok, lambda: jnp.zeros((), jnp.float32), call)
 
     @jax.custom_batching.custom_vmap
-    def report(n_bad, n_total, values, thresholds, iterations):
+    def report(ok, n_bad, n_total, values, thresholds, iterations):
         mesh = _sharded_mesh() if mode == "raise" else None
         if mesh is None:
-            return run(n_bad, n_total, values, thresholds, iterations)
+            return run(ok, n_bad, n_total, values, thresholds, iterations)
         # On a mesh, JAX runs a callback on device 0 only; if it raises there, the
         # other devices wait for device 0 in their next collective until XLA's
         # rendezvous timeout aborts the process. The report's inputs are the same on
@@ -139,7 +143,7 @@ def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
         # them raise at the same point, and the error reaches the caller.
         P = jax.sharding.PartitionSpec
         per_device = jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P())
-        return per_device(n_bad, n_total, values, thresholds, iterations)
+        return per_device(ok, n_bad, n_total, values, thresholds, iterations)
 
     @report.def_vmap
     def report_vmap(axis_size, in_batched, *args):
@@ -147,12 +151,13 @@ def _reporter(mode: str, what: str, labels: tuple[str, ...], site: Any):
             a if batched else jnp.broadcast_to(a, (axis_size, *jnp.shape(a)))
             for a, batched in zip(args, in_batched, strict=True)
         ]
-        n_bad, n_total, values, thresholds, iterations = args
-        bad = (n_bad > 0)[:, None]
-        worst = jnp.max(jnp.where(bad, values, -jnp.inf), axis=0)  # NaN propagates
+        ok, n_bad, n_total, values, thresholds, iterations = args
+        n_bad = jnp.sum(jnp.where(ok, 0, n_bad), axis=0, dtype=jnp.int32)
+        worst = jnp.max(jnp.where(ok[:, None], -jnp.inf, values), axis=0)  # NaN propagates
         out = report(
-            jnp.sum(n_bad, axis=0),
-            jnp.sum(n_total, axis=0),
+            n_bad == 0,
+            n_bad,
+            jnp.sum(n_total, axis=0, dtype=jnp.int32),
             worst,
             jnp.min(thresholds, axis=0),
             jnp.max(iterations, axis=0),
@@ -247,12 +252,11 @@ def guard(
     dtype = residual.dtype if jnp.issubdtype(residual.dtype, jnp.floating) else jnp.float32
     residual = jnp.broadcast_to(residual.astype(dtype), (len(labels),))
     threshold = jnp.broadcast_to(threshold.astype(dtype), (len(labels),))
+    if not jnp.issubdtype(iterations.dtype, jnp.integer):
+        iterations = iterations.astype(jnp.int32)
+    one = np.ones((), np.int32)  # a constant: one problem, reported only if not ok
     zero = _reporter(mode, what, labels, site if site is not None else user_site())(
-        jnp.where(ok, 0, 1).astype(jnp.int32),
-        jnp.ones((), jnp.int32),
-        residual,
-        threshold,
-        iterations.astype(jnp.int32),
+        ok, one, one, residual, threshold, iterations
     )
     # Tie the report to the value so that it is not dead-code eliminated.
     return jax.tree.map(lambda v: v + zero.astype(v.dtype), value)

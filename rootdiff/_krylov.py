@@ -276,10 +276,13 @@ def gmres(
     else:  # the first iteration computes b − A x0
         state = start_cycle(state, b_flat)
         state = state[:7] + (jnp.ones_like(state[8]), jnp.zeros_like(state[8]), state[9])
-    x, V, Q, R, beta, res, j, start, done, it = jax.lax.while_loop(cond, body, state)
-    # Out of budget mid-cycle: keep the cycle's progress (``res`` is its estimate);
-    # after a cycle start j = 0 and the correction is zero.
-    x = x + correction(V, R, Q, beta, j)
+    # The loop ends at a cycle start (the cycle's correction applied, ``res`` the true
+    # residual), also out of budget: an Arnoldi step that exhausts ``maxiter`` ends
+    # its cycle, and a cycle end always runs one more iteration. Only a non-finite
+    # ``res`` ends it mid-cycle: x is then NaN, as the correction would have made it.
+    # So there is no correction after the loop (a second copy of the cycle's end).
+    x, *_, res, _, _, done, it = jax.lax.while_loop(cond, body, state)
+    x = jnp.where(jnp.isfinite(res), x, jnp.nan)
     return _finish(x, res, b_norm, it, thresh, unravel, return_info, converged=done)
 
 

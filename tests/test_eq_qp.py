@@ -236,3 +236,20 @@ def test_half_precision_is_solved_in_float32(dtype):
     ref, _, g_ref = _solve_and_grad(*[a.astype(jnp.float32) for a in half])
     np.testing.assert_allclose(x.astype(np.float32), ref.astype(dtype).astype(np.float32))
     np.testing.assert_allclose(g.astype(np.float32), g_ref.astype(dtype).astype(np.float32))
+
+
+def _passes_over_K(fn, args, m):
+    """Instructions of the compiled program (top level) that write an ``m × m`` array."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY") :]
+    return len(re.findall(rf"= \(?f64\[{m},{m}\][^ ]* (fusion|copy|custom-call|add)", entry))
+
+
+def test_no_more_passes_over_K_than_a_dense_solve():
+    """Value and gradient, check on: K is written as often as by ``jnp.linalg.solve``
+    (assembly, factorisation, its NaN mask), not copied, shifted or transposed again."""
+    args = _problem(5)
+    m = N + P
+    ours = _passes_over_K(jax.value_and_grad(loss(rootdiff.solve_eq_qp), argnums=1), args, m)
+    ref = _passes_over_K(jax.value_and_grad(loss(dense_kkt), argnums=1), args, m)
+    assert 0 < ours <= ref, (ours, ref)

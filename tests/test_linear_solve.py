@@ -243,3 +243,10 @@ def test_bicgstab_recovers_from_breakdown():
     sol, info = ls.bicgstab(mv, b, return_info=True)
     assert bool(info.converged)
     np.testing.assert_allclose(sol, jnp.linalg.solve(jax.jacfwd(F)(x), b), rtol=1e-9)
+
+
+def test_gmres_with_a_non_finite_operator_returns_nan_not_converged():
+    """An operator returning NaN ends GMRES mid-cycle: the answer is NaN (not the
+    last finite iterate, zeros here, which would look like an answer), not converged."""
+    x, info = ls.gmres(lambda v: NONSYM @ v * jnp.nan, B, return_info=True)
+    assert bool(jnp.all(jnp.isnan(x))) and not bool(info.converged)

@@ -18,11 +18,12 @@ factorisation of ``K`` instead of factorising again; the matrix-free path gives
 
 Singular ``K`` (a duplicated equality row, a singular ``Q`` with ``c`` in its range):
 what is factorised is the quasi-definite ``K_δ = [[Q + δI, Aᵀ], [A, −δI]]`` with
-``δ = eps·max|K|``, a perturbation the size of one rounding of ``K``'s largest entry
-(LU's own backward error is larger), so for a nonsingular ``K`` the solve is as
-accurate as a plain LU, with no refinement step; for a singular but consistent
-system it returns a finite solution instead of ``inf``/NaN; for an inconsistent one
-(contradictory constraints) the KKT residual stays large and the check reports it.
+``δ = eps·max(max|Q|, max|A|)`` (``= eps·max|K|`` for a symmetric ``Q``), a
+perturbation the size of one rounding of ``K``'s largest entry (LU's own backward
+error is larger), so for a nonsingular ``K`` the solve is as accurate as a plain LU,
+with no refinement step; for a singular but consistent system it returns a finite
+solution instead of ``inf``/NaN; for an inconsistent one (contradictory constraints)
+the KKT residual stays large and the check reports it.
 """
 
 from __future__ import annotations
@@ -66,12 +67,6 @@ def eq_qp_kkt_residual(
     x, y = primal_dual
     Qx = matvec_Q(x) if matvec_Q is not None else _sym(Q) @ x
     return Qx + c + A.T @ y, A @ x - b
-
-
-def _kkt_matrix(Q: jax.Array, A: jax.Array) -> jax.Array:
-    """``K = [[Q, Aᵀ], [A, 0]]`` for a symmetric ``Q``."""
-    p = A.shape[0]
-    return jnp.block([[Q, A.T], [A, jnp.zeros((p, p), A.dtype)]])
 
 
 def _rel_tol(dtype: Any) -> float:
@@ -212,19 +207,28 @@ def solve_eq_qp(
 
 def _solve_dense(Q, c, A, b, *, check):
     n = c.shape[0]
-    Qs = _sym(Q)  # once: the matvec below (differentiated) and the factorisation share it
+    Qs = _sym(Q)  # the matvec below (differentiated) uses the symmetric part
     # The factorisation is data for the solve; it is never differentiated (the
     # derivative comes from the matvec, as in jax.numpy.linalg.solve).
-    Q_, A_ = jax.lax.stop_gradient((Qs, A))
+    Q_, A_ = jax.lax.stop_gradient((Q, A))
     # A barrier: with Q and A closed over as constants, XLA would otherwise fold the
     # reductions and products below on the host at compile time (seconds for n = 500).
     Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
-    K = _kkt_matrix(Q_, A_)
-    delta = jnp.finfo(K.dtype).eps * _amax(K)
-    signs = jnp.concatenate([jnp.ones(n, K.dtype), -jnp.ones(K.shape[0] - n, K.dtype)])
+    # Every pass over the (n + p)² matrix K costs about as much as a triangular solve,
+    # so K_δ is written once (symmetrisation and shift fused into the assembly, as the
+    # assembly a user writes for jnp.linalg.solve is) and then read only by the LU.
+    # δ = eps·max(max|Q|, max|A|): the maxima are read from Q and A in their own
+    # layout (from K, in the column-major layout LAPACK wants, XLA would first copy it
+    # transposed). For a symmetric Q, max|Q| = max|K|; otherwise eps·max|Q| is the
+    # rounding error of forming (Q + Qᵀ)/2 itself.
+    norm_Q, norm_A = _amax(Q_), _amax(A_)
+    delta = jnp.finfo(Q_.dtype).eps * jnp.maximum(norm_Q, norm_A)
+    p = A_.shape[0]
+    eye = lambda k: jnp.eye(k, dtype=Q_.dtype)  # noqa: E731  (fused into the assembly)
+    K = jnp.block([[_sym(Q_) + delta * eye(n), A_.T], [A_, -delta * eye(p)]])
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
-    lu, _, perm = jax.lax.linalg.lu(K + jnp.diag(delta * signs))
+    lu, _, perm = jax.lax.linalg.lu(K)  # K = K_δ = [[Q + δI, Aᵀ], [A, −δI]]
     tri = partial(jax.lax.linalg.triangular_solve, left_side=True)
 
     def lu_apply(_matvec, r):
@@ -241,11 +245,40 @@ def _solve_dense(Q, c, A, b, *, check):
     rhs = jnp.concatenate([-c, b])
     v = custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)  # also under shard_map
     if check != "off":
-        v_, rhs_ = jax.lax.stop_gradient((v, rhs))
-        res = rhs_ - K @ v_  # one product with the assembled K
-        ok, rel_residual = _kkt_ok((v_[:n], v_[n:]), res, -rhs_[:n], A_, rhs_[n:])
+        ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
     return v[:n], v[n:]
+
+
+def _kkt_ok_dense(Q, A, norm_A, v, rhs):
+    """:func:`_kkt_ok` for the dense path, ``v = (x, y)``, ``rhs = (−c, b)`` and
+    ``norm_A = max|A|``.
+
+    The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
+    ``(Q x + Qᵀx)/2``) and ``A``, not from the assembled ``K``, whose buffer the
+    factorisation overwrites (keeping it would cost a copy of ``K``); and one
+    reduction: the maxima of ``|K v − rhs|``, ``|K v|``, ``|rhs|`` and ``|v|`` over
+    the primal rows ``< n`` and the dual rows ``≥ n``. Each separate reduction would
+    be one more kernel for XLA to compile (about 15 ms each on a CPU), for a check of
+    a few microseconds.
+    """
+    Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
+    n = Q.shape[0]
+    x, y = v[:n], v[n:]
+    Kv = jnp.concatenate([0.5 * (Q @ x + x @ Q) + y @ A, A @ x])
+    # A (2, 4, n + p) array of selects, not stacks: XLA fuses it into the reduction.
+    seg, k, i = jax.lax.broadcasted_iota(jnp.int32, (2, 4, v.shape[0]), 0), *(
+        jax.lax.broadcasted_iota(jnp.int32, (2, 4, v.shape[0]), d) for d in (1, 2)
+    )  # fmt: skip
+    pick = lambda j, a: jnp.where(k == j, jnp.abs(a), 0)  # noqa: E731
+    rows = pick(0, Kv - rhs) + pick(1, Kv) + pick(2, rhs) + pick(3, v)
+    segs = jnp.where((i < n) == (seg == 0), rows, 0)  # primal rows, then dual rows
+    (r_top, Kv_top, c_, x_), (r_bot, _, b_, y_) = jnp.max(segs, axis=2)
+    tiny = jnp.finfo(v.dtype).tiny
+    primal = r_bot / (norm_A * x_ + b_ + tiny)
+    dual = r_top / (Kv_top + c_ + norm_A * y_ + tiny)
+    residual = jnp.maximum(primal, dual)
+    return residual <= _rel_tol(v.dtype), residual  # False for NaN
 
 
 def _solve_matrix_free(matvec_Q, c, A, b, *, tol, maxiter, check):
