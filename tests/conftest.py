@@ -1,7 +1,7 @@
 """Accuracy tests run in float64; float32 tests opt in with the ``float32`` fixture.
 
 The ``quick`` marker (``python -m pytest -m quick``) selects a first-check subset:
-about 5 CPU-minutes (3 on two idle cores), one or two tests of every public area in every
+about 80 CPU seconds (a minute on two idle cores), one or two tests of every public area in every
 autodiff mode. It is applied here, from the list ``QUICK`` below, so that test
 modules need no edits; ``tests/test_docs.py`` checks that every entry still
 names a test.
