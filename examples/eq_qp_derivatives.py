@@ -35,6 +35,7 @@ def sym(X):
     return 0.5 * (X + X.T)
 
 
+@jax.jit  # one compiled program per transformation, instead of one per operation
 def solve(Q, c, A, b):
     x, y = rootdiff.solve_eq_qp(Q, c, A, b)
     return jnp.concatenate([x, y])
@@ -66,3 +67,5 @@ print(f"KKT residual: {float(jnp.max(jnp.abs(Q @ sol[:n] + c + A.T @ sol[n:]))):
 print(f"forward mode (JVP) vs finite differences, max relative error: {jvp_error:.1e}")
 print(f"reverse mode (VJP) vs finite differences, relative error:     {vjp_error:.1e}")
 print(f"adjoint Q̄ symmetric: {bool(jnp.allclose(Q_bar, Q_bar.T, atol=1e-14))}")
+assert jvp_error < 1e-6 and vjp_error < 1e-6, "derivatives differ from finite differences"
+assert bool(jnp.allclose(Q_bar, Q_bar.T, atol=1e-14)), "the adjoint Q̄ is not symmetric"

@@ -105,11 +105,17 @@ def main() -> int:
     # hypergradient d(validation log-loss)/dλ against central differences, at a λ of
     # moderate conditioning on the way (the tuned λ is weak: slow, ill-conditioned solves)
     lam = float(jnp.exp(thetas[min(3, STEPS - 1)]))
-    f = jax.jit(lambda lam: log_loss(solve(lam, Xt, yt, tol=1e-14), Xv, yv))
+
+    @jax.jit
+    def loss_and_support(lam):  # one compiled solve serves the differences and supports
+        p = solve(lam, Xt, yt, tol=1e-14)
+        return log_loss(p, Xv, yv), p["w"] != 0
+
+    f = lambda lam: loss_and_support(lam)[0]  # noqa: E731
     g = float(jax.jit(jax.grad(f))(lam))
     # Richardson-extrapolated central differences (error O(h⁴)): a step large enough
     # that the solutions' rounding does not swamp the difference, support kept fixed
-    supp = lambda lam: np.asarray(solve(lam, Xt, yt, tol=1e-14)["w"]) != 0  # noqa: E731
+    supp = lambda lam: np.asarray(loss_and_support(lam)[1])  # noqa: E731
     stable = lambda h: all((supp(lam) == supp(lam + s)).all() for s in (h, -h, h / 2, -h / 2))  # noqa: E731
     h = next((r * lam for r in (1e-2, 3e-3, 1e-3, 3e-4) if stable(r * lam)), None)
     assert h is not None, "the support changes within 0.03% of λ: no FD check here"

@@ -174,7 +174,7 @@ def main() -> int:
     vec, unravel = flat(THETA)
 
     # grad: ∂(load power)/∂θ for every parameter of the dict.
-    g = jax.grad(load_power)(THETA)
+    g = jax.jit(jax.grad(load_power))(THETA)  # jitted: one program, not two (fwd, transpose)
     print("\njax.grad of the load power v2²/R3 w.r.t. every circuit parameter:")
     for k in THETA:
         print(f"  ∂P/∂{k:3s} = {float(g[k]): .6e}")
@@ -214,7 +214,7 @@ def main() -> int:
         return solver(V0, THETA)[1]
 
     T = np.float64(300.0)
-    dT = float(jax.grad(v2_at_temperature)(T))
+    dT = float(jax.jit(jax.grad(v2_at_temperature))(T))
     dT_fd = (float(v2_at_temperature(T + 1e-3)) - float(v2_at_temperature(T - 1e-3))) / 2e-3
     print(f"\n  ∂v2/∂T through a closed-over temperature (Is held fixed) = "
           f"{float(dT) * 1e3:.4f} mV/K")  # fmt: skip

@@ -46,29 +46,34 @@ def layer(W, c, lo, hi, **kw):
     return rootdiff.solve_qp(jnp.eye(n), W @ c, None, None, G, h, **kw)
 
 
-# Targets: the elastic layer's answers under the true model (plus noise).
-targets = jax.vmap(lambda c, lo, hi: layer(W_true, c, lo, hi, elastic=PENALTY))(C, lo, hi)
-targets = targets + 0.01 * jnp.asarray(rng.normal(size=targets.shape))
+# The plain layer on the same batch: its statuses, and the gradient that `check="nan"`
+# gives (NaN values, and NaN derivatives, for the infeasible problems), in one program.
+def plain_loss(W):
+    xs, info = jax.vmap(
+        lambda c, lo, hi: layer(W, c, lo, hi, check="nan", return_info=True)
+    )(C, lo, hi)  # fmt: skip
+    return jnp.mean(xs), info.status
 
-status = jax.vmap(
-    lambda c, lo, hi: layer(W_true, c, lo, hi, return_info=True, check="off")[1].status
-)(C, lo, hi)
+
+plain_nan, status = jax.jit(jax.grad(plain_loss, has_aux=True))(W_true)
 codes = sorted(set(np.asarray(status)[infeasible].tolist()))
 print(f"{int(infeasible.sum())} of {batch} QPs infeasible; plain solve_qp statuses of those: "
       f"{codes} (2 = primal infeasible)")  # fmt: skip
-
-plain_nan = jax.jit(
-    jax.grad(
-        lambda W: jnp.mean(jax.vmap(lambda c, lo, hi: layer(W, c, lo, hi, check="nan"))(C, lo, hi))
-    )  # fmt: skip
-)(jnp.zeros((n, d)))
 print(f"plain layer with check='nan': gradient finite? {bool(jnp.all(jnp.isfinite(plain_nan)))}")
+assert 2 in codes and not bool(jnp.all(jnp.isfinite(plain_nan)))
 
 
-def loss(W):
+def loss(W, targets):
     xs = jax.vmap(lambda c, lo, hi: layer(W, c, lo, hi, elastic=PENALTY))(C, lo, hi)
-    return jnp.mean(jnp.sum((xs - targets) ** 2, axis=1))
+    return jnp.mean(jnp.sum((xs - targets) ** 2, axis=1)), xs
 
+
+# One compiled program gives the loss, the layer's answers and the gradient.
+loss_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+# Targets: the elastic layer's answers under the true model (plus noise).
+(_, targets), _ = loss_and_grad(W_true, jnp.zeros((batch, n)))
+targets = targets + 0.01 * jnp.asarray(rng.normal(size=targets.shape))
 
 opt = optax.adam(0.05)
 W = jnp.zeros((n, d))
@@ -76,15 +81,15 @@ state = opt.init(W)
 
 
 @jax.jit
-def step(W, state):
-    value, g = jax.value_and_grad(loss)(W)
+def update(W, state, g):
     updates, state = opt.update(g, state)
-    return optax.apply_updates(W, updates), state, value
+    return optax.apply_updates(W, updates), state
 
 
 t0 = time.perf_counter()
 for k in range(steps):
-    W, state, value = step(W, state)
+    (value, _), g = loss_and_grad(W, targets)
+    W, state = update(W, state, g)
     if k % 20 == 0 or k == steps - 1:
         print(
             f"step {k:4d}  loss {float(value):.5f}  ({time.perf_counter() - t0:.1f}s)", flush=True

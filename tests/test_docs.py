@@ -85,7 +85,8 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     if MULTI_DEVICE in page.read_text(encoding="utf-8"):
         script = tmp_path / page.name.replace(".md", ".py")
         script.write_text(program, encoding="utf-8")
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+        env = dict(os.environ, XLA_FLAGS=flags.strip())
         env["JAX_PLATFORMS"] = "cpu"
         run = subprocess.run(
             [sys.executable, "-W", "error::rootdiff.ConvergenceWarning", str(script)],
