@@ -7,9 +7,6 @@ derivative through it comes from rootdiff's implicit rule.
 """
 
 import functools
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -598,41 +595,3 @@ def test_error_has_aux_without_tuple():
     bad = rootdiff.custom_root(F, has_aux=True)(newton_while)
     with pytest.raises(TypeError, match=r"has_aux=True.*\(params, aux\)"):
         bad(INIT, P, W, q=Q)
-
-
-# --------------------------------------------------------------------------- sharding
-
-SHARDED_SCRIPT = textwrap.dedent(
-    """
-    import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax, jax.numpy as jnp, numpy as np
-    jax.config.update("jax_enable_x64", True)
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as Ps
-    import rootdiff
-    assert len(jax.devices()) == 8
-    F = lambda x, a: x**3 + x - a
-    @rootdiff.custom_root(F)
-    def solve(x, a):
-        return jax.lax.fori_loop(0, 40, lambda _, x: x - F(x, a) / (3 * x**2 + 1), x)
-    f = jax.jit(jax.vmap(jax.value_and_grad(lambda a: solve(jnp.zeros(()), a) ** 2)))
-    a = jnp.linspace(-3.0, 3.0, 64)
-    mesh = Mesh(np.array(jax.devices()), ("batch",))
-    a_sharded = jax.device_put(a, NamedSharding(mesh, Ps("batch")))
-    v1, g1 = f(a)
-    v8, g8 = f(a_sharded)
-    assert len(g8.sharding.device_set) == 8, g8.sharding
-    np.testing.assert_allclose(v1, v8, rtol=1e-13)
-    np.testing.assert_allclose(g1, g8, rtol=1e-13)
-    x = solve(jnp.zeros(64), a)
-    np.testing.assert_allclose(g1, 2 * x / (3 * x**2 + 1), rtol=1e-10)
-    print("OK")
-    """
-)
-
-
-def test_sharded_batch_matches_single_device():
-    out = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
