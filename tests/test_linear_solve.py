@@ -47,7 +47,7 @@ def test_pytree_rhs_and_ridge(name):
     flat = lambda t: jnp.concatenate([t["a"].ravel(), t["b"]])
     unflat = lambda v: {"a": v[:4].reshape(2, 2), "b": v[4:]}
     matvec = lambda t: unflat(SPD @ flat(t))
-    x = ls.get_solver(name)(matvec, b, ridge=0.5)
+    x = jax.jit(lambda b: ls.get_solver(name)(matvec, b, ridge=0.5))(b)
     expected = np.linalg.solve(SPD + 0.5 * np.eye(N), flat(b))
     np.testing.assert_allclose(flat(x), expected, rtol=1e-9)
     assert x["a"].shape == (2, 2)
@@ -55,21 +55,30 @@ def test_pytree_rhs_and_ridge(name):
 
 def test_init_and_preconditioner_reduce_iterations():
     exact = np.linalg.solve(SPD, B)
-    _, cold = ls.cg(lambda v: SPD @ v, B, return_info=True)
-    _, warm = ls.cg(lambda v: SPD @ v, B, init=jnp.asarray(exact) + 1e-9, return_info=True)
+    cases = ((ls.cg, SPD), (ls.gmres, NONSYM), (ls.bicgstab, NONSYM))
+
+    @jax.jit  # one program for every solve
+    def run(init):
+        _, cold = ls.cg(lambda v: SPD @ v, B, return_info=True)
+        _, warm = ls.cg(lambda v: SPD @ v, B, init=init, return_info=True)
+        out = []
+        for solver, A in cases:
+            mv = lambda v, A=A: A @ v
+            _, info = solver(mv, B, return_info=True)
+            exact_inverse = lambda r, A=A: jnp.linalg.solve(A, r)
+            out.append((info, *solver(mv, B, M=exact_inverse, return_info=True)))
+        return cold, warm, out
+
+    cold, warm, out = run(jnp.asarray(exact) + 1e-9)
     assert int(warm.iterations) < int(cold.iterations)
-    for solver, A in ((ls.cg, SPD), (ls.gmres, NONSYM), (ls.bicgstab, NONSYM)):
-        mv = lambda v, A=A: A @ v
-        _, info = solver(mv, B, return_info=True)
-        exact_inverse = lambda r, A=A: jnp.linalg.solve(A, r)
-        x, info_p = solver(mv, B, M=exact_inverse, return_info=True)
+    for (_, A), (info, x, info_p) in zip(cases, out, strict=True):
         assert bool(info_p.converged) and int(info_p.iterations) <= int(info.iterations)
         np.testing.assert_allclose(x, np.linalg.solve(A, B), rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab"])
 def test_nonconvergence_is_reported(name):
-    x, info = ls.get_solver(name)(lambda v: SPD @ v, B, maxiter=2, return_info=True)
+    x, info = solve_jit(name, maxiter=2)(SPD, B)
     assert not bool(info.converged)
     assert float(info.residual_norm) > 1e-6 * float(info.b_norm)
 
@@ -93,24 +102,37 @@ def test_vmap_over_batch_of_systems():
 
 def test_float32_default_tolerance(float32):
     A, b = SPD.astype(jnp.float32), B.astype(jnp.float32)
-    for name in ("cg", "gmres", "bicgstab", "lu"):
-        x, info = ls.get_solver(name)(lambda v: A @ v, b, return_info=True)
+    names = ("cg", "gmres", "bicgstab", "lu")
+
+    @jax.jit  # one program for the four solvers
+    def run(A, b):
+        return [ls.get_solver(name)(lambda v: A @ v, b, return_info=True) for name in names]
+
+    for name, (x, info) in zip(names, run(A, b), strict=True):
         assert x.dtype == jnp.float32 and bool(info.converged), name
         np.testing.assert_allclose(x, np.linalg.solve(np.float64(A), np.float64(b)), rtol=1e-4)
 
 
 def test_auto_rule():
     """Dense below the threshold (1 'iteration'); CG if symmetric, GMRES otherwise above it."""
-    _, info = ls.auto(lambda v: SPD @ v, B, return_info=True)
-    assert int(info.iterations) == 1
     n = ls.DENSE_THRESHOLD + 1
     A = jnp.eye(n) * 2.0 + 0.01 * jnp.asarray(rng.normal(size=(n, n)))
     A = A + A.T
     b = jnp.ones(n)
-    _, info_cg = ls.auto(lambda v: A @ v, b, symmetric=True, return_info=True)
-    _, info_gm = ls.auto(lambda v: A @ v, b, return_info=True)
-    _, ref_cg = ls.cg(lambda v: A @ v, b, return_info=True)
-    _, ref_gm = ls.gmres(lambda v: A @ v, b, return_info=True)
+
+    @jax.jit  # one program for the five solves
+    def run(A, b):
+        mv = lambda v: A @ v  # noqa: E731
+        return [
+            ls.auto(lambda v: SPD @ v, B, return_info=True)[1],
+            ls.auto(mv, b, symmetric=True, return_info=True)[1],
+            ls.auto(mv, b, return_info=True)[1],
+            ls.cg(mv, b, return_info=True)[1],
+            ls.gmres(mv, b, return_info=True)[1],
+        ]
+
+    info, info_cg, info_gm, ref_cg, ref_gm = run(A, b)
+    assert int(info.iterations) == 1
     assert int(info_cg.iterations) == int(ref_cg.iterations) > 1
     assert int(info_gm.iterations) == int(ref_gm.iterations) > 1
 
@@ -149,7 +171,7 @@ def test_auto_does_not_stall_on_ill_conditioned_nonsymmetric():
     V, _ = np.linalg.qr(r.normal(size=(n, n)))
     A = jnp.asarray(U @ np.diag(np.logspace(0, -4, n)) @ V.T)
     b = jnp.asarray(r.normal(size=n))
-    _, stalled = ls.gmres(lambda v: A @ v, b, restart=20, maxiter=200, return_info=True)
+    _, stalled = solve_jit("gmres", restart=20, maxiter=200)(A, b)
     assert not bool(stalled.converged)  # the failure mode auto must avoid
     x, info = solve_jit("auto")(A, b)
     assert bool(info.converged)
@@ -197,9 +219,8 @@ def test_one_operator_product_in_the_graph(name):
 @pytest.mark.parametrize("name", ["cg", "gmres"])
 def test_out_of_budget_reports_the_returned_iterate(name):
     """A solve stopped by ``maxiter`` mid-cycle keeps its progress and is not converged."""
-    x, info = ls.get_solver(name)(lambda v: NONSYM @ v if name == "gmres" else SPD @ v, B,
-                                  maxiter=3, return_info=True)  # fmt: skip
     A = NONSYM if name == "gmres" else SPD
+    x, info = solve_jit(name, maxiter=3)(A, B)
     residual = float(jnp.linalg.norm(B - A @ x))
     assert not bool(info.converged) and int(info.iterations) == 3
     assert residual < float(jnp.linalg.norm(B))  # progress kept

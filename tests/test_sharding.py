@@ -8,6 +8,7 @@ problems sharded over the devices, under
 
 * ``jax.sharding.set_mesh`` of an ``Explicit``-axis mesh (``jax.make_mesh``'s default),
 * ``jax.shard_map`` over the batch axis,
+* no mesh context at all (a batch placed on the devices by ``jax.device_put``),
 
 with ``jit(vmap(value_and_grad))`` and ``jit(vmap(jacfwd))``, and compared with the
 same computation on one device. The derivatives themselves are checked against
@@ -173,6 +174,37 @@ def _checks_on_explicit_mesh(mesh):
     print("checks OK")
 
 
+def _batch_sharded_without_a_mesh_context():
+    """A batch placed on an (Auto-axis) mesh by ``device_put`` alone, no mesh context:
+    ``jit(vmap(value_and_grad))`` of ``custom_root`` keeps it sharded and agrees with
+    one device and with the closed form."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import rootdiff
+
+    F = lambda x, a: x**3 + x - a  # noqa: E731
+
+    @rootdiff.custom_root(F)
+    def solve(x, a):
+        return jax.lax.fori_loop(0, 40, lambda _, x: x - F(x, a) / (3 * x**2 + 1), x)
+
+    f = jax.jit(jax.vmap(jax.value_and_grad(lambda a: solve(jnp.zeros(()), a) ** 2)))
+    a = jnp.linspace(-3.0, 3.0, 64)
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    v1, g1 = f(a)
+    v8, g8 = f(jax.device_put(a, NamedSharding(mesh, P("batch"))))
+    assert len(g8.sharding.device_set) == N_DEV, g8.sharding
+    np.testing.assert_allclose(v1, v8, rtol=1e-13)
+    np.testing.assert_allclose(g1, g8, rtol=1e-13)
+    x = solve(jnp.zeros(64), a)
+    np.testing.assert_allclose(g1, 2 * x / (3 * x**2 + 1), rtol=1e-10)
+    print("no mesh context OK")
+
+
 def main():
     import time
 
@@ -218,6 +250,7 @@ def main():
                 )  # fmt: skip
         print(label, "OK")
     _checks_on_explicit_mesh(mesh)
+    _batch_sharded_without_a_mesh_context()
     print("ALL OK")
 
 
