@@ -275,10 +275,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-grad", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--first", default="", help="run these problems first (NAME,NAME)")
     ap.add_argument("--dir", default=DEFAULT_DIR)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     a = ap.parse_args(argv)
     files = sorted(glob.glob(os.path.join(a.dir, "*.mat")))
+    first = a.first.split(",") if a.first else []
+    files.sort(key=lambda f: first.index(n) if (n := os.path.basename(f)[:-4]) in first else 99)
     if not files:
         sys.exit(f"no .mat files in {a.dir}")
     names = set(a.only.split(",")) if a.only else (set(QUICK) if a.quick else None)
