@@ -26,12 +26,16 @@ high-accuracy call) are reported separately.
 Derivatives (full mode, problems solved at mid accuracy with ``n ≤ 100``):
 ``jit(grad)`` of the linear loss ``cᵀx`` with respect to ``(q, b, h)`` along a random
 direction, at the default tolerance, against finite differences of the forward
-solve (steps ``1e-6`` and ``1e-5`` relative). Where the forward and backward
+solve (steps ``1e-6`` and ``1e-5`` relative to the data, shrunk by 10 up to three
+times while they cross a kink). Where the forward and backward
 one-sided differences agree (the active set is stable) the error is against the
 central difference; where they disagree the direction crosses a kink of the
 solution map (a degenerate constraint), and the error is against the nearer
 one-sided difference, the documented derivative there. Where the active
 constraints are linearly dependent only ``q`` is perturbed, see :func:`grad_check`.
+The table also shows ``QPInfo.derivative`` where it is not 0 (``solve_qp`` reports
+that no derivative exists: the minimiser is not unique, or the active constraints
+are dependent and only the derivative w.r.t. ``Q``, ``q`` exists).
 
 ``--quick`` runs 5 small problems (seconds; used in CI).
 """
@@ -70,6 +74,8 @@ PUBLISHED = {
     "quadprog": (26, 32),
 }
 INF = 9e19
+#: ``QPInfo.derivative`` codes as shown in the table.
+DERIVATIVE_NOTE = ("", " [flag: dependent constraints]", " [flag: not unique]")
 
 
 def load(path: str):
@@ -156,6 +162,7 @@ def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
         compile_s=t_compile,
         run_s=t_run,
         finite=bool(np.all(np.isfinite(np.asarray(x)))),
+        derivative=int(info.derivative),
     )
     # Each accuracy at its own tolerance; a lower one is run only if needed.
     solved = False
@@ -169,9 +176,9 @@ def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
         active = np.asarray(info.z) > np.asarray(info.s)
         E = np.concatenate([data[2], data[4][active]])
         row["active_full_rank"] = bool(np.linalg.matrix_rank(E) == E.shape[0])
-        row["grad_rel_err"], row["fd_smooth"] = grad_check(
-            data, args, seed, q_only=not row["active_full_rank"]
-        )
+        dependent = not row["active_full_rank"] or row["derivative"] == 1
+        row["grad_rel_err"], row["fd_smooth"] = grad_check(data, args, seed, q_only=dependent)
+        row["q_only"] = dependent
     return row
 
 
@@ -180,10 +187,12 @@ def grad_check(data, args, seed, q_only=False):
 
     Returns ``(error, smooth)``: ``smooth`` when the forward and backward one-sided
     differences agree at two steps (then the error is against the central
-    difference); otherwise the direction crosses a kink and the error is against
-    the nearer one-sided difference (the solution map of a QP is piecewise affine
-    in ``(q, b, h)``, so one-sided differences are exact up to the solver's accuracy
-    as long as the step crosses no other kink).
+    difference; the steps start at ``1e-6`` relative to the data and shrink by 10,
+    at most three times, until no kink lies within them); otherwise the direction
+    crosses a kink and the error is against the nearer one-sided difference (the
+    solution map of a QP is piecewise affine in ``(q, b, h)``, so one-sided
+    differences are exact up to the solver's accuracy as long as the step crosses
+    no other kink).
 
     With ``q_only`` (the active constraints are linearly dependent) only ``q`` is
     perturbed: a generic change of ``b`` or ``h`` then makes the active constraints
@@ -210,15 +219,16 @@ def grad_check(data, args, seed, q_only=False):
     def at(t):
         return float(f(*[v + t * d for v, d in zip((q, b, h), dirs)]))
 
-    one_sided = []
-    for eps in (1e-6 * scale, 1e-5 * scale):
-        one_sided.append(((at(eps) - f0) / eps, (f0 - at(-eps)) / eps))
-    (fw1, bw1), (fw2, bw2) = one_sided
-    size = max(abs(fw1), abs(bw1), 1e-12)
     agree = lambda u, v: abs(u - v) <= 1e-6 * max(abs(u), abs(v), 1.0)  # noqa: E731
-    smooth = agree(fw1, bw1) and agree(fw2, bw2) and agree(fw1, fw2)
-    if smooth:
-        return abs(analytic - 0.5 * (fw1 + bw1)) / size, True
+    # Steps from 1e-6 relative to the data down to 1e-9: the largest at which the
+    # one-sided differences agree (a step that crosses no kink) is used.
+    for level in range(4):
+        eps = 1e-6 * scale * 10.0**-level
+        (fw1, bw1), (fw2, bw2) = [((at(e) - f0) / e, (f0 - at(-e)) / e) for e in (eps, 10 * eps)]
+        size = max(abs(fw1), abs(bw1), 1e-12)
+        smooth = agree(fw1, bw1) and agree(fw2, bw2) and agree(fw1, fw2)
+        if smooth:
+            return abs(analytic - 0.5 * (fw1 + bw1)) / size, True
     return min(abs(analytic - fw1), abs(analytic - bw1)) / size, False
 
 
@@ -231,8 +241,9 @@ def table(rows) -> str:
     for r in rows:
         ge = r.get("grad_rel_err")
         ge_s = "" if ge is None else f"{ge:.0e}" + ("" if r.get("fd_smooth") else " (kink)")
-        if ge is not None and not r.get("active_full_rank", True):
+        if ge is not None and r.get("q_only", not r.get("active_full_rank", True)):
             ge_s += " (q only)"
+        ge_s += DERIVATIVE_NOTE[r.get("derivative", 0)]
         lines.append(
             f"| {r['name']} | {r['n']} | {r['p']} | {r['m']} | {r['status']} | {r['iterations']} "
             f"| {r['primal_residual']:.1e} | {r['dual_residual']:.1e} | {r['gap']:.1e} "
@@ -264,10 +275,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-grad", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--first", default="", help="run these problems first (NAME,NAME)")
     ap.add_argument("--dir", default=DEFAULT_DIR)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     a = ap.parse_args(argv)
     files = sorted(glob.glob(os.path.join(a.dir, "*.mat")))
+    first = a.first.split(",") if a.first else []
+    files.sort(key=lambda f: first.index(n) if (n := os.path.basename(f)[:-4]) in first else 99)
     if not files:
         sys.exit(f"no .mat files in {a.dir}")
     names = set(a.only.split(",")) if a.only else (set(QUICK) if a.quick else None)

@@ -103,8 +103,11 @@ def test_equality_only_singular_but_solvable():
 
     x, info = jax.jit(eq)(jnp.eye(2), q2, A, b)
     assert int(info.status) == S.SOLVED
+    assert int(info.derivative) == S.DEPENDENT_CONSTRAINTS
     np.testing.assert_allclose(x, [0.5, 0.5], atol=1e-9)
-    g = jax.jit(jax.grad(lambda b: eq(jnp.eye(2), q2, A, b)[0][0]))(b)
+    # dx/db does not exist (the copies can be changed apart): reported, here silenced
+    eq_off = lambda b: rootdiff.solve_qp(jnp.eye(2), q2, A, b, None, None, check="off")  # noqa: E731
+    g = jax.jit(jax.grad(lambda b: eq_off(b)[0]))(b)
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g.sum(), 0.5, atol=1e-8)
     # singular Q with q in its range: min ½(x₁ + x₂)² − 2(x₁ + x₂) s.t. x₁ = x₂ → (1, 1)
@@ -262,3 +265,40 @@ def test_maros_meszaros_small_solved_and_derivatives_match_fd(name="HS118"):
     err, smooth = grad_check(data, args, seed=0)
     assert smooth
     assert err <= 1e-6
+
+
+# A face of minimisers: min x₁ + x₂ s.t. x₁ + x₂ ≥ 1, x ≥ 0 (Q = 0).
+G_face, h_face = jnp.array([[-1.0, -1.0], [-1.0, 0.0], [0.0, -1.0]]), jnp.array([-1.0, 0.0, 0.0])
+# A vertex with three active constraints in two dimensions: x = (1, 1).
+G_dep, h_dep = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 1.0, 2.0])
+e2 = jnp.zeros((0, 2)), jnp.zeros(0)
+
+
+@jax.jit
+def _flagged_derivatives(Q, q, G, h):
+    """The answer, ``info.derivative``, ``∇_q x₁`` (check="warn"), ``∇_h x₁`` (check="nan")."""
+    x, info = rootdiff.solve_qp(Q, q, *e2, G, h, return_info=True, check="off")
+    x1 = lambda q, h, check: rootdiff.solve_qp(Q, q, *e2, G, h, check=check)[0]  # noqa: E731
+    return x, info.derivative, jax.grad(x1)(q, h, "warn"), jax.grad(x1, argnums=1)(q, h, "nan")
+
+
+def test_derivative_flags_where_no_derivative_exists():
+    # A face of minimisers: x jumps when q moves, no derivative at all.
+    with pytest.warns(rootdiff.ConvergenceWarning, match="derivative of solve_qp"):
+        out = jax.block_until_ready(
+            _flagged_derivatives(jnp.zeros((2, 2)), jnp.ones(2), G_face, h_face)
+        )
+    x, code, _, g_h = out
+    assert abs(float(x.sum()) - 1.0) < 1e-9 and int(code) == S.NOT_UNIQUE
+    assert np.isnan(g_h[0]) and np.all(g_h[1:] == 0.0)  # inactive rows: exactly zero
+    # A vertex with three active rows: w.r.t. q the derivative exists (x stays: zero)
+    # and is not flagged (a warning would fail the test); w.r.t. h it does not.
+    Q, q = jnp.eye(2), jnp.array([-2.0, -2.0])
+    x, code, g_q, g_h = _flagged_derivatives(Q, q, G_dep, h_dep)
+    np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-9)
+    assert int(code) == S.DEPENDENT_CONSTRAINTS and np.all(np.isnan(g_h))
+    np.testing.assert_allclose(g_q, [0.0, 0.0], atol=1e-12)
+    # x₁ + x₂ ≤ 2.5: two active rows, exact derivatives (dx₁/dh₁ = 1)
+    x, code, g_q, g_h = _flagged_derivatives(Q, q, G_dep, h_dep.at[2].set(2.5))
+    assert int(code) == S.DERIVATIVE_EXACT
+    np.testing.assert_allclose(g_h, [1.0, 0.0, 0.0], atol=1e-9)

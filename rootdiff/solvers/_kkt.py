@@ -141,10 +141,11 @@ class Reduced:
         return dx, dy, w * (G @ dx - rz)
 
 
-def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
+def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=0.0):
     """Up to ``steps`` rounds of iterative refinement of ``apply_inverse(rhs)`` against ``matvec``.
 
-    Stops early once the residual stops shrinking by half (rounding reached).
+    Stops early once the residual stops shrinking by the factor ``shrink`` (rounding
+    reached) or is at most ``floor``.
     ``unrolled``: exactly ``steps`` rounds, no early stop (a loop of fixed length), for
     solves traced inside ``custom_root``'s linear solve and inside the interior-point
     loop under ``vmap`` (no batched stopping test).
@@ -170,7 +171,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False):
 
     def cond(c):
         k, _, _, size, prev = c
-        return (k < steps) & (size < 0.5 * prev) & (size > 0)
+        return (k < steps) & (size < shrink * prev) & (size > floor)
 
     def body(c):
         k, d, e, size, _ = c

@@ -19,7 +19,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
+from rootdiff import _checks
 from rootdiff.implicit import custom_root
 from rootdiff.solvers import _kkt
 from rootdiff.solvers.eq_qp import _sym
@@ -30,6 +32,10 @@ _REFINE = 8
 _REFINE_POLISH = 50
 #: Most active-set corrections of polishing (see :func:`polish_corrected`).
 _ROUNDS = 3
+#: Codes of :func:`derivative_defect` (mirrored by ``QPStatus.DERIVATIVE_*``).
+EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE = range(3)
+#: Relative probe residual above which the active-set Jacobian counts as singular.
+_SINGULAR = 1e-3
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
@@ -105,6 +111,7 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
     def solve(matvec, rhs, steps=steps, unrolled=True):
         return _kkt.refine(apply_inverse, matvec, rhs, steps, unrolled=unrolled)
 
+    solve.factor = red  # reused by derivative_defect
     return solve
 
 
@@ -244,3 +251,116 @@ def _central_path_solve(Q, A, G, w):
         return _kkt.refine(apply_inverse, matvec, rhs, 2, unrolled=True)
 
     return solve
+
+
+def derivative_defect(scaled, active, red, steps=_REFINE):
+    r"""Whether the solution map has a derivative at the answer: a code and two residuals.
+
+    The derivative solves systems with the active-set Jacobian
+    ``J = [[Q, Aᵀ, G_aᵀ], [A, 0, 0], [G_a, 0, 0]]``. For positive semidefinite ``Q``
+    its null space is the direct sum of
+
+    * ``{(d, 0, 0) : Qd = 0, Ad = 0, G_a d = 0}`` — the minimiser is **not unique**
+      (the reduced Hessian on the null space of the active constraints is
+      singular): ``x`` can move along ``d`` at no cost, no derivative exists;
+    * ``{(0, u, w) : Aᵀu + G_aᵀw = 0}`` — the active constraints are **linearly
+      dependent**: ``x`` is unique and its derivative w.r.t. ``Q`` and ``q`` is
+      exact, but the multipliers are not, and a generic change of ``b`` or ``h``
+      (or ``A``, ``G``) changes the active set at once (no derivative).
+
+    Each is detected by one probe system ``J d = r`` solved as the derivative's are
+    (the regularised factor ``red`` from polishing, plus up to ``steps`` rounds of
+    refinement against the exact ``J``), in the equilibrated coordinates: a probe
+    ``r = (v, 0, 0)`` is consistent exactly when the first part is trivial, and
+    ``r = (0, v_y, v_z)`` exactly when the second is (``v`` generic). The
+    relative residual ``‖r − J d‖∞ / ‖r‖∞`` left after refinement is at rounding
+    level for a consistent probe and ``O(1)`` otherwise; above ``1e-3`` the
+    defect is reported: ``J`` is singular at least at the level of the
+    regularisation (an eigenvalue below about ``1.2 ρ`` in equilibrated units leaves
+    more than ``1e-3`` after the derivative's 8 refinement rounds). An
+    ill-conditioned but regular ``J`` (whose derivative is merely less accurate) is
+    not flagged.
+
+    Returns ``(code, (res_unique, res_independent))`` with ``code`` one of
+    ``EXACT``, ``DEPENDENT_CONSTRAINTS``, ``NOT_UNIQUE`` (the worse one wins).
+    """
+    Qs, As, Gs, _ = scaled
+    Ga = jnp.where(active[:, None], Gs, 0.0)
+    n, p, m = Qs.shape[0], As.shape[0], Gs.shape[0]
+    dtype = Qs.dtype
+
+    def mv(d):
+        dx, dy, dz = d  # dz is zero on inactive rows (their weight in red is 0)
+        return Qs @ dx + As.T @ dy + Ga.T @ dz, As @ dx, Ga @ dx
+
+    def generic(k, shift):  # deterministic, no sign pattern aligned with any structure
+        return jnp.cos(shift + 2.399963 * jnp.arange(k, dtype=dtype) ** 1.5)
+
+    # Zeros typed like the data (batched / sharded alike), not literals.
+    zx, zy, zz = jnp.zeros_like(Qs[0]), jnp.zeros_like(As[:, 0]), jnp.zeros_like(Gs[:, 0])
+    probe_x = (zx + generic(n, 0.3), zy, zz)
+    probe_c = (zx, zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz))
+
+    def residual(r):
+        d = _kkt.refine(red.apply_inverse, mv, r, steps)
+        e = jax.tree.map(jnp.subtract, r, mv(d))
+        size = _kkt.max_of(*[_kkt.inf_norm(v) for v in r])
+        err = _kkt.max_of(*[_kkt.inf_norm(v) for v in e])
+        res = err / jnp.maximum(size, jnp.finfo(dtype).tiny)
+        return jnp.where(jnp.isnan(res), jnp.inf, res)
+
+    res_x, res_c = residual(probe_x), residual(probe_c)
+    tol = _SINGULAR
+    code = jnp.where(res_x > tol, NOT_UNIQUE, jnp.where(res_c > tol, DEPENDENT_CONSTRAINTS, EXACT))
+    return code.astype(jnp.int32), (res_x, res_c)
+
+
+def flag_derivatives(values, inputs, defect, check):
+    """``values`` unchanged; their derivatives reported per ``check`` where none exists.
+
+    ``defect = (code, residuals)`` from :func:`derivative_defect`. Reported when the
+    minimiser is not unique (any input differentiated), or when the active
+    constraints are dependent and ``A``, ``b``, ``G`` or ``h`` (``inputs[2:]``) is
+    differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
+    when the derivative is taken), ``"nan"`` makes those derivatives NaN (the
+    values stay), ``"off"`` only records the code in ``QPInfo.derivative``.
+    """
+    if check == "off":
+        return values
+    site = _checks.user_site() if check in ("warn", "raise") else None
+    code, (res_x, res_c) = jax.lax.stop_gradient(defect)
+
+    @jax.custom_jvp
+    def ident(values, inputs, code, res):
+        return values
+
+    def rule(primals, tangents):
+        values, inputs, code, (res_x, res_c) = primals
+        v_dot, in_dot, _, _ = tangents
+        live = [not isinstance(t, SymbolicZero) for t in in_dot]
+        bad = jnp.zeros((), bool)
+        if any(live):
+            bad = bad | (code == NOT_UNIQUE)
+        if any(live[2:]):
+            bad = bad | (code == DEPENDENT_CONSTRAINTS)
+        if check == "nan":
+            factor = jnp.where(bad, jnp.nan, jnp.ones_like(res_x))
+        else:
+            factor = _checks.guard(
+                jnp.ones_like(res_x), jnp.maximum(res_x, res_c),
+                jnp.asarray(_SINGULAR, res_x.dtype), jnp.int32(-1), mode=check,
+                ok=~bad, site=site,
+                label="residual of a probe solve with the active-set Jacobian",
+                what="the derivative of solve_qp (it does not exist here: the minimiser is "
+                "not unique, or the active constraints are linearly dependent and A, b, G or "
+                "h is differentiated; return_info=True's info.derivative says which)",
+            )  # fmt: skip
+
+        def scale(v, t):
+            t = jnp.zeros_like(v) if isinstance(t, SymbolicZero) else t
+            return t * factor.astype(t.dtype)
+
+        return values, jax.tree.map(scale, values, v_dot)
+
+    ident.defjvp(rule, symbolic_zeros=True)
+    return ident(values, inputs, code, (res_x, res_c))

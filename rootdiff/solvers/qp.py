@@ -23,7 +23,9 @@ from rootdiff import _checks
 from rootdiff.solvers import _ipm, _kkt
 from rootdiff.solvers._ipm import Iterate
 from rootdiff.solvers._qp_diff import (
+    derivative_defect,
     differentiable,
+    flag_derivatives,
     polish_corrected,
     qp_central_path_residual,
     qp_kkt_residual,
@@ -58,6 +60,8 @@ class QPStatus:
         "solved to reduced accuracy (residuals within sqrt(tol))",
         "non-convex (Q is not positive semidefinite)",
     )
+    #: Codes of :attr:`QPInfo.derivative`.
+    DERIVATIVE_EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE = range(3)
 
 
 class QPInfo(NamedTuple):
@@ -75,6 +79,13 @@ class QPInfo(NamedTuple):
       gap: duality gap ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` (absolute).
       status: a :class:`QPStatus` code.
       x: ``(n,)`` the primal answer (without derivative; for ``init=``).
+      derivative: whether the solution map has a derivative at the answer:
+        ``QPStatus.DERIVATIVE_EXACT`` (0: unique minimiser, linearly independent
+        active constraints), ``QPStatus.DEPENDENT_CONSTRAINTS`` (1: the active
+        constraints are linearly dependent — derivatives w.r.t. ``Q`` and ``q``
+        are exact, those w.r.t. ``A``, ``b``, ``G``, ``h`` do not exist) or
+        ``QPStatus.NOT_UNIQUE`` (2: the minimiser is not unique — no derivative).
+        Taking a derivative that does not exist is reported per ``check``.
     """
 
     y: jax.Array
@@ -87,6 +98,7 @@ class QPInfo(NamedTuple):
     gap: jax.Array
     status: jax.Array
     x: jax.Array | None = None
+    derivative: jax.Array | None = None
 
 
 def _default_tol(dtype) -> float:
@@ -209,7 +221,11 @@ def solve_qp(
     exact solution map: :func:`rootdiff.custom_root` on the KKT conditions of the
     active set identified at the solution (:func:`qp_kkt_residual`). At a
     degenerate constraint (``z_i = 0`` and ``G_i x = h_i``) the map has a kink; the
-    derivative is then the one-sided one of the side the answer lies on.
+    derivative is then the one-sided one of the side the answer lies on. Where no
+    derivative exists — the minimiser is not unique, or the active constraints are
+    linearly dependent and ``A``, ``b``, ``G`` or ``h`` is differentiated — taking
+    one is reported per ``check`` (``"nan"``: NaN derivatives, ``x`` kept) and
+    ``info.derivative`` says which (:class:`QPInfo`).
     ``diff_solve``: a :mod:`rootdiff.linear_solve` name or callable to solve the
     ``(n + p + m)``-square derivative system generically instead.
 
@@ -308,13 +324,17 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     mode = "nan" if check == "nan" else "off"
     x, y, z = differentiable(sol, (Q, q, A, b, G, h), ok=ok, active=active, solve=solve,
                              diff_solve=diff_solve, check=mode)  # fmt: skip
+    # Does the derivative exist (unique minimiser, independent active constraints)?
+    defect = derivative_defect(res.scaled, active, solve.factor)
+    flagged = (jnp.where(ok, defect[0], QPStatus.DERIVATIVE_EXACT), defect[1])
+    x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
     if not (isinstance(smoothing, (int, float)) and smoothing == 0):
         # Central-path point of barrier weight κ from the solution (Newton on s ⊙ z = κ).
         sol_k, s_k = _central_path(data, sol, res.s, smoothing, absent)
         xk, yk, zk = differentiable(sol_k, (Q, q, A, b, G, h), ok=ok, smoothing=smoothing,
                                     s=s_k, diff_solve=diff_solve)  # fmt: skip
         x, y, z = (sg(v) + (vk - sg(vk)) for v, vk in ((x, xk), (y, yk), (z, zk)))
-    return x, _info(x, y, z, res, status, data, absent)
+    return x, _info(x, y, z, res, status, data, absent)._replace(derivative=defect[0])
 
 
 #: Repeated eager calls (concrete data) reuse one compiled solve per shape and option set
