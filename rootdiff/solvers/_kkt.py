@@ -88,10 +88,7 @@ class Reduced:
     A pytree (its arrays are the leaves): it can be carried through a loop.
 
     Up to :data:`SMALL` unknowns the quasi-definite matrix is factorised by the
-    unrolled LDLᵀ; above, by block elimination with two Cholesky factorisations,
-    ``H = Q + ρI + GᵀWG = L Lᵀ`` and the Schur complement ``S = δI + A H⁻¹ Aᵀ``
-    (both positive definite): a third of the flops of an LU of the whole matrix,
-    and no pivoting (the same pivots, ``H`` first, as the LDLᵀ).
+    unrolled LDLᵀ; above, by an LU.
     """
 
     def __init__(self, Q, A, G, d, reg):
@@ -99,14 +96,15 @@ class Reduced:
         self.n, self.G, self.reg = n, G, reg
         self.w = 1.0 / (d + reg)
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
+        K = jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]])
         if n + p <= SMALL:
-            K = jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]])
             self.fac = ("ldl", ldl_factor(K))
         else:
-            L = jnp.linalg.cholesky(H)
-            HiAt = jax.scipy.linalg.cho_solve((L, True), A.T)  # (n, p)
-            S = A @ HiAt + reg * jnp.eye(p, dtype=Q.dtype)
-            self.fac = ("chol", (L, A, HiAt, jnp.linalg.cholesky(S)))
+            # (Block elimination by a Cholesky of H and of the Schur complement takes
+            # a third of the flops, but inside this loop under vmap it left XLA:CPU
+            # (jax 0.10.2) waiting forever in some runs of the examples; not reduced
+            # to a JAX reproducer yet.)
+            self.fac = ("lu", jax.scipy.linalg.lu_factor(K))
 
     def tree_flatten(self):
         kind, fac = self.fac
@@ -126,12 +124,8 @@ class Reduced:
         if kind == "ldl":
             sol = ldl_solve(fac, jnp.concatenate([rx, ry]))
             return sol[: self.n], sol[self.n :]
-        L, A, HiAt, Ls = fac
-        u = jax.scipy.linalg.cho_solve((L, True), rx)
-        if ry.shape[0] == 0:
-            return u, ry
-        dy = jax.scipy.linalg.cho_solve((Ls, True), A @ u - ry)
-        return u - HiAt @ dy, dy
+        sol = jax.scipy.linalg.lu_solve(fac, jnp.concatenate([rx, ry]))
+        return sol[: self.n], sol[self.n :]
 
     def apply_inverse(self, r):
         """Solve ``[[Q+ρ, Aᵀ, Gᵀ], [A, −δ, 0], [G, 0, −(D+δ)]] (dx, dy, dz) = r``."""
