@@ -145,6 +145,8 @@ def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
     """
     G, h = data[4], data[5]
     value0 = merit(sol)
+    # Placeholders for the loop's first carry, typed like the data (not literals).
+    zero = jnp.zeros_like(value0)
 
     def attempt(act, red):
         pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
@@ -164,13 +166,13 @@ def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
         x, _, z = pol
         violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
         new = jnp.where(k == 0, act, (act & (z > 0)) | violated)
-        red = active_set_factor(scaled, new)
+        # "+ zero": typed like the carry (device-varying under shard_map when the
+        # data are), although parts of the factor depend on replicated data only.
+        red = jax.tree.map(lambda a: a + zero.astype(a.dtype), active_set_factor(scaled, new))
         red_first = jax.tree.map(lambda a, b: jnp.where(k == 0, a, b), red, red_first)
         pol, value, take = attempt(new, red)
         return k + 1, new, red_first, red, pol, value, take, (k == 0) | jnp.any(new != act)
 
-    # Placeholders for the loop's first carry, typed like the data (not literals).
-    zero = jnp.zeros_like(value0)
     shapes = jax.eval_shape(active_set_factor, scaled, active)
     red_init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
     k0 = zero.astype(jnp.int32)
