@@ -217,11 +217,10 @@ def gmres(
         active = jnp.arange(m) < j
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
-        diag = jnp.where(active, jnp.diagonal(R_j), 1)
-        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
+        R_j = jnp.where(eye > 0, safe(R_j), R_j)  # a zero pivot (breakdown) divides by 1
         g = jnp.where(active, beta * Q[:m, 0], 0)
         y = jax.scipy.linalg.solve_triangular(R_j, g, lower=False)
-        return prec(V[:m].T @ y)
+        return prec(y @ V[:m])  # = V[:m]ᵀ y, without transposing V
 
     def start_cycle(state, Ax):
         # r = b − A x starts the basis; its norm is the true residual of x.
@@ -241,9 +240,9 @@ def gmres(
     def arnoldi(state, w):
         x, V, Q, R, beta, _, j, _, _, it = state
         h = _matmul(V, w, red)  # rows > j of V are zero
-        w = w - V.T @ h
+        w = w - h @ V
         h2 = _matmul(V, w, red)  # re-orthogonalise (CGS2)
-        w = w - V.T @ h2
+        w = w - h2 @ V
         h = h + h2
         h_next = _norm(w)
         V = V.at[j + 1].set(jnp.where(h_next > tiny, w / safe(h_next, tiny), 0))
