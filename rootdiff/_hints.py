@@ -8,8 +8,8 @@ derivative start from it. A hint only changes how fast the linear solves
 converge, never what they converge to: every solve stops on its true residual
 ``‖b − A u‖ ≤ tol · ‖b‖``, and a hinted solve that does not get there (a
 misleading preconditioner) is continued, unpreconditioned, from where it
-stopped, so a poor hint costs iterations, not accuracy. A hinted solve that
-converged costs one extra product (the check of the second stage).
+stopped, so a poor hint costs iterations, not accuracy; a hinted solve that
+converged costs nothing more.
 """
 
 from __future__ import annotations
@@ -127,9 +127,9 @@ def solve(fn: Any, matvec: Any, b: PyTree, M: Any, init: PyTree | None, run: Any
     """``run(fn, matvec, b, **opts) -> (x, info)`` with the hints, then without them.
 
     ``info`` is ``(relative residual, tolerance, iterations, ok)`` as returned by
-    :func:`rootdiff._solves._run_solve`. The second, unhinted stage starts from
-    the first stage's answer (from zero if that is not finite): it does no
-    iteration when the hinted stage converged.
+    :func:`rootdiff._solves._run_solve`. The second, unhinted stage runs only when
+    the hinted stage did not converge (on its true residual), from the first
+    stage's answer (from zero if that is not finite).
     """
     from rootdiff import linear_solve as _ls
     from rootdiff._solves import _unpartial
@@ -139,8 +139,14 @@ def solve(fn: Any, matvec: Any, b: PyTree, M: Any, init: PyTree | None, run: Any
     if not opts or (_unpartial(fn)[0] is _ls.auto and n <= _ls.DENSE_THRESHOLD):
         return run(fn, matvec, b)  # no hint usable (dense solves are exact anyway)
     x1, info1 = run(fn, matvec, b, **opts)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(x1)]))
-    start = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), x1)
-    x, info2 = run(fn, matvec, b, **options(fn, None, start, b))
-    rel, tol, its, ok = info2
-    return x, (rel, tol, jnp.maximum(info1[2], 0) + its, ok)
+
+    def unhinted(x1):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(x1)]))
+        start = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), x1)
+        x, info2 = run(fn, matvec, b, **options(fn, None, start, b))
+        rel, tol, its, ok = info2
+        return x, (rel, tol, jnp.maximum(info1[2], 0) + its, ok)
+
+    # The built-in solvers' ``converged`` rests on a true residual: a hinted stage
+    # that converged needs no second stage (which would spend one product to see it).
+    return jax.lax.cond(info1[3], lambda x1: (x1, info1), unhinted, x1)

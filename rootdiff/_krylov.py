@@ -217,11 +217,10 @@ def gmres(
         active = jnp.arange(m) < j
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
-        diag = jnp.where(active, jnp.diagonal(R_j), 1)
-        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
+        R_j = jnp.where(eye > 0, safe(R_j), R_j)  # a zero pivot (breakdown) divides by 1
         g = jnp.where(active, beta * Q[:m, 0], 0)
         y = jax.scipy.linalg.solve_triangular(R_j, g, lower=False)
-        return prec(V[:m].T @ y)
+        return prec(y @ V[:m])  # = V[:m]ᵀ y, without transposing V
 
     def start_cycle(state, Ax):
         # r = b − A x starts the basis; its norm is the true residual of x.
@@ -241,20 +240,30 @@ def gmres(
     def arnoldi(state, w):
         x, V, Q, R, beta, _, j, _, _, it = state
         h = _matmul(V, w, red)  # rows > j of V are zero
-        w = w - V.T @ h
+        w = w - h @ V
         h2 = _matmul(V, w, red)  # re-orthogonalise (CGS2)
-        w = w - V.T @ h2
+        w = w - h2 @ V
         h = h + h2
         h_next = _norm(w)
         V = V.at[j + 1].set(jnp.where(h_next > tiny, w / safe(h_next, tiny), 0))
-        h = Q @ h.at[j + 1].set(h_next)  # the previous rotations (row j + 1 of Q is e_{j+1})
-        denom = jnp.hypot(h[j], h[j + 1])
-        c = jnp.where(denom > 0, h[j] / safe(denom), 1)
-        s = jnp.where(denom > 0, h[j + 1] / safe(denom), 0)
-        Q = Q.at[j].set(c * Q[j] + s * Q[j + 1]).at[j + 1].set(-s * Q[j] + c * Q[j + 1])
-        R = R.at[:, j].set(h.at[j].set(denom).at[j + 1].set(0))
+        # The small (m + 1)-sized updates below select rows and columns by masks, not
+        # by dynamic slices: XLA fuses them into a few kernels (compile time grows
+        # with the kernels of the loop body, run time is the products by A and V).
+        rows = jnp.arange(m + 1)
+        at_j, at_j1 = rows == j, rows == j + 1
+        h = Q @ jnp.where(at_j1, h_next, h)  # the previous rotations (row j + 1 of Q is e_{j+1})
+        hj, hj1 = jnp.sum(jnp.where(at_j, h, 0)), jnp.sum(jnp.where(at_j1, h, 0))
+        denom = jnp.hypot(hj, hj1)
+        c = jnp.where(denom > 0, hj / safe(denom), 1)
+        s = jnp.where(denom > 0, hj1 / safe(denom), 0)
+        Qj = jnp.sum(jnp.where(at_j[:, None], Q, 0), axis=0)
+        Qj1 = jnp.sum(jnp.where(at_j1[:, None], Q, 0), axis=0)
+        Qj, Qj1 = c * Qj + s * Qj1, -s * Qj + c * Qj1
+        Q = jnp.where(at_j[:, None], Qj, jnp.where(at_j1[:, None], Qj1, Q))
+        col = jnp.where(at_j, denom, jnp.where(at_j1, 0, h))
+        R = jnp.where(jnp.arange(m)[None, :] == j, col[:, None], R)
         j, it = j + 1, it + 1
-        res = jnp.abs(beta * Q[j, 0])  # least-squares residual after j steps
+        res = jnp.abs(beta * Qj1[0])  # least-squares residual after j steps
         end = (res <= thresh) | (j >= m) | (it >= maxiter)
         return x, V, Q, R, beta, res, j, end, jnp.zeros_like(end), it
 

@@ -121,3 +121,33 @@ def test_errors():
     )
     with pytest.raises(TypeError, match="must be a rootdiff.SolveHint"):
         no_hint(jnp.zeros(N), W0, X0)
+
+
+def test_converged_hinted_solve_spends_no_second_stage():
+    # A hinted solve that met its tolerance is final: an exact initial guess costs
+    # the one product that verifies it, no second (unhinted) stage. A wrong guess
+    # still reaches the answer.
+    import functools
+
+    from rootdiff import _hints, linear_solve
+    from rootdiff._solves import _run_solve
+
+    A = jnp.eye(N) - 0.5 * W0
+    b = jnp.arange(1.0, N + 1)
+    x_exact = jnp.linalg.solve(A, b)
+    products = []
+
+    def matvec(v):
+        jax.debug.callback(lambda: products.append(1))
+        return A @ v
+
+    run = functools.partial(_run_solve, check="off")
+    hinted = jax.jit(lambda init: _hints.solve(linear_solve.gmres, matvec, b, None, init, run))
+    for init, expected in ((x_exact, 1), (-x_exact, None)):
+        products.clear()
+        x, (rel, tol, its, ok) = hinted(init)
+        jax.block_until_ready(x)
+        assert bool(ok) and float(rel) <= float(tol)
+        np.testing.assert_allclose(x, x_exact, rtol=1e-10)
+        if expected is not None:
+            assert len(products) == expected, products
