@@ -51,7 +51,7 @@ derivative rule, is the ridge gap left.
 | ridge n=2000 d=200 | 117 → 115 → 110 (peer 67) | 1.81 → 1.58–1.73 → 1.55 |
 | DEQ n=400 B=8 | 221 → 201 → 196 (peer 116) | 1.65 → 1.46–1.59 → 1.55 |
 | lasso p=200 | 113 → 109 (peer 78) | 1.36 → 1.23–1.49 |
-| equality QP n=500 p=100 | 44 → 40 (peer 27) | 1.91 → 1.51–1.59 |
+| equality QP n=500 p=100 | 44 → 42 → 40 (peer 27) | 1.91 → 1.59–1.82 → 1.51 |
 | sparsemax / LML | 33 / 41 (peers 50 / 49) | 0.71–0.74 / 0.97–1.02 |
 
 The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
@@ -59,9 +59,9 @@ variadic reduction when params is one array (three reductions before, each one o
 two kernels): −5 kernels on ridge and DEQ. The equality QP's forward check
 (``K v − rhs`` and one reduction) is 13 kernels; its relative residual, once four
 scalar kernels, is now one reduction (42 → 40 kernels; 1.59 → 1.51× in one process
-at load 12). Reading ``K v`` from the two block
-rows of ``K_δ`` (two products instead of four) made XLA:CPU write the blocks in two
-layouts — more passes over ``K`` — and was dropped.
+at load 12). Reading ``K v`` from the two block rows of ``K_δ`` (two products
+instead of four) made XLA:CPU write the blocks in two layouts — more passes over
+``K`` — and was dropped.
 """
 
 from __future__ import annotations
