@@ -26,22 +26,42 @@ KKT solve).
 
 Run: ``python -m benchmarks.compile_time [--repeats 3] [--only ridge,deq] [--cpu]``.
 
-What the columns showed on a 2-core CPU (load 8–11, process CPU time, minimum of 3):
+What the columns showed on a 2-core CPU (load 8–12, process CPU time, minimum of 3):
 XLA:CPU spends roughly 10–15 ms per kernel, small scalar ones included, so the
-``kernels`` column (independent of the load) is the figure to drive down. The
-forward check's Newton step is one more Krylov loop (ridge: +32 kernels, ≈ 0.05–0.1 s;
-DEQ: +83 kernels, ≈ 0.2–0.3 s); the guards and residuals another 15 kernels
-(≈ 0.15 s). Swapping the step's GMRES for BiCGStab (half the kernels standalone)
-did not shorten the compile of the whole program, and neither did a fixed-size
-Arnoldi estimate by enough to justify a weaker check.
+``kernels`` column (independent of the load) is the figure to drive down — but not
+the only one: kernels inside a loop body cost more. The forward check's Newton step
+is one more Krylov loop (ridge: +32 kernels, ≈ 0.05–0.1 s; DEQ: +83 kernels,
+≈ 0.2–0.3 s); the guards and residuals another 15 kernels (≈ 0.15 s). Swapping the
+step's GMRES for BiCGStab (half the kernels standalone) did not shorten the compile
+of the whole program, and neither did a fixed-size Arnoldi estimate by enough to
+justify a weaker check.
+
+Where ridge's time goes (one process, load 12): with ``check='off'`` rootdiff is
+1.22–1.26× the peer with the same number of kernels (68 vs 67); with a plain CG
+(``jax.scipy.sparse.linalg.cg``) as the derivative's solve it is 0.96×. The built-in
+CG verifies convergence on a true residual inside its loop (one operator product
+site, selects on every carried vector): standalone on the ridge operator it compiles
+in 0.26 s against 0.19 s for a plain CG loop with the same product (0.21 s for JAX's),
+and in the derivative's graph about 0.15 s more per loop — twice in the default
+configuration (the Newton step's loop and the derivative's). That loop, not the
+derivative rule, is the ridge gap left.
 
 | workload (rootdiff ÷ peer, total) | kernels before → after | ratio before → after |
 |---|---|---|
-| ridge n=2000 d=200 | 117 → 115 (peer 67) | 1.81 → 1.58–1.73 |
-| DEQ n=400 B=8 | 221 → 201 (peer 116) | 1.65 → 1.46–1.59 |
+| ridge n=2000 d=200 | 117 → 115 → 110 (peer 67) | 1.81 → 1.58–1.73 → 1.55 |
+| DEQ n=400 B=8 | 221 → 201 → 196 (peer 116) | 1.65 → 1.46–1.59 → 1.55 |
 | lasso p=200 | 113 → 109 (peer 78) | 1.36 → 1.23–1.49 |
-| equality QP n=500 p=100 | 44 → 40 (peer 27) | 1.91 → 1.78–1.82 |
-| sparsemax / LML | 33 / 41 (peers 50 / 49) | 0.74 / 0.97 |
+| equality QP n=500 p=100 | 44 → 42 → 40 (peer 27) | 1.91 → 1.59–1.82 → 1.51 |
+| sparsemax / LML | 33 / 41 (peers 50 / 49) | 0.71–0.74 / 0.97–1.02 |
+
+The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
+variadic reduction when params is one array (three reductions before, each one or
+two kernels): −5 kernels on ridge and DEQ. The equality QP's forward check
+(``K v − rhs`` and one reduction) is 13 kernels; its relative residual, once four
+scalar kernels, is now one reduction (42 → 40 kernels; 1.59 → 1.51× in one process
+at load 12). Reading ``K v`` from the two block rows of ``K_δ`` (two products
+instead of four) made XLA:CPU write the blocks in two layouts — more passes over
+``K`` — and was dropped.
 """
 
 from __future__ import annotations
@@ -86,6 +106,10 @@ def measure(fn: Callable, args: tuple, clock=time.perf_counter) -> tuple[float, 
 # the entries starting with "peer" are the reference, the others are variants.
 
 
+def _scipy_cg(matvec, b):
+    return jax.scipy.sparse.linalg.cg(matvec, b, tol=1e-10)[0]
+
+
 def ridge():
     import rootdiff
     from benchmarks import ridge as R
@@ -100,8 +124,8 @@ def ridge():
         return jax.value_and_grad(loss)
 
     def rd(**kw):
-        return loss_of(rootdiff.custom_root(R.ridge_gradient, solve="cg", symmetric=True, **kw)(
-            R.cg_forward))  # fmt: skip
+        kw = {"solve": "cg", "symmetric": True, **kw}
+        return loss_of(rootdiff.custom_root(R.ridge_gradient, **kw)(R.cg_forward))
 
     fns = {
         "rootdiff custom_root(solve='cg')": rd(),
@@ -109,6 +133,9 @@ def ridge():
         "  check='nan'": rd(check="nan"),
         "  residual_tol=inf (no Newton step)": rd(residual_tol=float("inf")),
         "  argmin (solve='auto')": loss_of(rootdiff.argmin(R.ridge_objective)(R.cg_forward)),
+        # The built-in CG verifies convergence on a true residual inside its loop; a
+        # plain CG (JAX's) as the derivative's solve shows what that costs to compile.
+        "  check='off', solve=jax.scipy CG": rd(check="off", solve=_scipy_cg),
         "  forward solver alone (no derivative rule)": jax.value_and_grad(
             lambda lam, X, y, Xv, yv: R.val_loss(R.cg_forward(jnp.zeros(200), lam, X, y), Xv, yv)
         ),

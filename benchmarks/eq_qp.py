@@ -15,6 +15,16 @@ is the minimum of two compilations each (also interleaved). The note adds the me
 over rounds, of each implementation's CPU time divided by the dense KKT solve's in the
 same round (less disturbed by the load than wall time), and the machine's load.
 
+Factorisation. A Cholesky of ``Q + δI``, ``W = L⁻¹Aᵀ`` and a Cholesky of the ``p × p``
+Schur complement ``WᵀW + δI`` (a third of the flops of the LU of the ``(n + p)²``
+KKT matrix) was measured at n = 2000, p = 400 and not adopted: LAPACK's Cholesky
+alone took 194 ms of CPU against 362 ms for the LU, Cholesky and ``W`` together
+218 ms, but packing the factors into the LU format (one solve routine for both, with
+a run-time fallback to LU for an indefinite ``Q``) brought it to 347 ms, and the
+whole ``value_and_grad`` was no faster than the dense solve; keeping the factors
+apart would put a conditional in every derivative solve (more to compile) and,
+under ``vmap``, run both factorisations.
+
 Reference gradient (numpy float64): ``K = [[Q, Aᵀ], [A, 0]]``, ``(x, y) = K⁻¹(−c, b)``,
 adjoint ``K (u, v) = (x̄, ȳ)``, then ``∂Q = −sym(u xᵀ)``, ``∂c = −u``,
 ``∂A = −(v xᵀ + y uᵀ)``, ``∂b = v``.

@@ -39,6 +39,7 @@ from rootdiff._trees import (
     _from_real,
     _is_float,
     _max_abs,
+    _max_abs_each,
     _needs_real_view,
     _real_dtype,
     _same_layout,
@@ -234,17 +235,20 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
     def forward_check(sol, dyn_leaves, fc, lf):
         Fx = F_c(sol, dyn_leaves, *fc)
-        r = _max_abs(Fx).astype(dtype)
         values, tols, labels = [], [], []
         if step_tol is not None:
             if builtin:
                 delta, _ = fwd_raw(sol, dyn_leaves, fc, Fx, solve=step_solve)
             else:
                 delta, _ = fwd_c(sol, dyn_leaves, fc, Fx, *lf)
-            step = jnp.where(r == 0, 0.0, _max_abs(delta))  # an exact root needs no step
-            values.append(step / jnp.maximum(_max_abs(sol), floor))
+            # One reduction for the three maxima (one kernel to compile, not three).
+            r, delta_max, sol_max = (m.astype(dtype) for m in _max_abs_each(Fx, delta, sol))
+            step = jnp.where(r == 0, 0.0, delta_max)  # an exact root needs no step
+            values.append(step / jnp.maximum(sol_max, floor))
             tols.append(step_tol)
             labels.append("relative Newton step ‖(∂ₓF)⁻¹F(x)‖∞/‖x‖∞")
+        else:
+            r = _max_abs(Fx).astype(dtype)
         if residual_tol is not None:
             values.append(r)
             tols.append(residual_tol)

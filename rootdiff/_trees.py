@@ -63,6 +63,26 @@ def _max_abs(tree: PyTree) -> jax.Array:
     return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
 
 
+def _max_abs_each(*trees: PyTree) -> tuple[jax.Array, ...]:
+    """``tuple(_max_abs(t) for t in trees)``.
+
+    When every tree is one array of the same shape, as one (variadic) reduction: one
+    kernel for XLA to compile instead of one or two per tree. NaN propagates.
+    """
+    leaves = [jax.tree.leaves(t) for t in trees]
+    if all(len(ls) == 1 for ls in leaves):
+        arrs = [jnp.abs(ls[0]) for ls in leaves]
+        if len({(a.shape, a.dtype) for a in arrs}) == 1 and arrs[0].size:
+            # A variadic reduction: one pass, no stacked copy.
+            zero = [jnp.zeros((), a.dtype) for a in arrs]
+            maxima = jax.lax.reduce(
+                arrs, zero, lambda x, y: [jnp.maximum(u, v) for u, v in zip(x, y)],
+                tuple(range(arrs[0].ndim)),
+            )  # fmt: skip
+            return tuple(maxima)
+    return tuple(_max_abs(t) for t in trees)
+
+
 def _tree_neg(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.negative, tree)
 
