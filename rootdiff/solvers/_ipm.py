@@ -130,65 +130,7 @@ def unscale(it: Iterate, sc: Scaling, absent) -> Iterate:
     return Iterate(g * sc.D * it.x, g * sc.EA * it.y / c, z, s)
 
 
-def _two_sum(a, b):
-    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly (Knuth)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _two_prod(a, b):
-    """``(p, e)`` with ``p = fl(ab)`` and ``ab = p + e`` exactly (Dekker, no FMA needed)."""
-    p = a * b
-    split = 134217729.0 if a.dtype == jnp.float64 else 4097.0  # 2^⌈t/2⌉ + 1
-
-    def halves(v):
-        c = split * v
-        hi = c - (c - v)
-        return hi, v - hi
-
-    (ah, al), (bh, bl) = halves(a), halves(b)
-    e = al * bl - (((p - ah * bh) - al * bh) - ah * bl)
-    return p, jnp.where(jnp.isfinite(e), e, 0.0)  # the split overflows near the max float
-
-
-def accurate_sum(parts) -> jax.Array:
-    """``Σ`` of all entries of ``parts`` as if in twice the working precision.
-
-    Each pairwise addition of a tree reduction is an exact :func:`_two_sum`; the
-    rounding errors are summed on the side and added at the end (Ogita–Rump–Oishi's
-    Sum2, pairwise: error ``≤ eps |Σ| + O(n eps²) Σ|·|``). Used for the duality gap,
-    whose terms cancel to ``1e-16`` of their size at the answer: a plain sum shows its
-    own rounding, ``eps × |terms|``, instead of the point's gap.
-    """
-    v = jnp.concatenate([jnp.ravel(p) for p in parts])
-    errors = []
-    while v.shape[0] > 1:
-        if v.shape[0] % 2:
-            v = jnp.concatenate([v, jnp.zeros((1,), v.dtype)])
-        v, e = _two_sum(v[0::2], v[1::2])
-        errors.append(e)
-    err = sum(jnp.sum(e) for e in errors)
-    return (v[0] if v.shape[0] else jnp.zeros((), v.dtype)) + err
-
-
-def duality_gap(Q, q, b, h, x, y, z):
-    """``xᵀQx + qᵀx + bᵀy + hᵀz``, its products and sum accurate to about ``eps²``.
-
-    Every product is split into its rounded value and exact error (``x_i Q_ij x_j``
-    too: ``Qx`` rounded first would carry ``eps ‖Q‖‖x‖`` per entry), then all are
-    summed by :func:`accurate_sum`. Returns the gap and the four terms (plain sums,
-    for the scale).
-    """
-    p1, e1 = _two_prod(Q, x[None, :])
-    p2, e2 = _two_prod(p1, x[:, None])
-    prods = [_two_prod(u, v) for u, v in ((q, x), (b, y), (h, z))]
-    lo = jnp.sum(e2) + jnp.sum(e1 * x[:, None]) + sum(jnp.sum(e) for _, e in prods)
-    gap = accurate_sum([p2] + [p for p, _ in prods]) + lo
-    return gap, [jnp.sum(p2), jnp.sum(prods[0][0]), jnp.sum(prods[1][0]), jnp.sum(prods[2][0])]
-
-
-def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol, accurate=True):
+def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
     """``max`` over the three residuals of ``residual / (atol + tol · scale)``.
 
     On the original data, absent rows excluded, per row / component:
@@ -196,12 +138,7 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol, accurate=True):
     * primal: ``|A_i x − b_i|`` and ``(G_i x − h_i)₊`` against ``max(|b_i|, ‖A_i‖∞‖x‖∞)``;
     * dual: ``|(Qx + q + Aᵀy + Gᵀz)_j|`` against ``max(|q_j|, ‖Q_j‖∞‖x‖∞,
       ‖A_j‖∞‖y‖∞, ‖G_j‖∞‖z‖∞)`` (``·_j``: column ``j``);
-    * gap: ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against ``max(|xᵀQx|, |qᵀx|, |bᵀy|, |hᵀz|)``,
-      evaluated to about ``eps²`` (:func:`duality_gap`): the gap of the point itself,
-      not the rounding of a float sum of terms that cancel. ``accurate=False``: the
-      plain float sum (the interior point's per-iteration bookkeeping, where the
-      ``n²`` exact products would cost a batch of small QPs time; the status of the
-      returned point always uses the accurate gap).
+    * gap: ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against ``max(|xᵀQx|, |qᵀx|, |bᵀy|, |hᵀz|)``.
 
     The point meets the tolerance when the merit is ``≤ 1``. Returns the merit and
     the three absolute residuals (∞-norms).
@@ -221,12 +158,8 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol, accurate=True):
         jnp.maximum(jnp.max(jnp.abs(A), axis=0, initial=0.0) * ny,
                     jnp.max(jnp.abs(Gf), axis=0, initial=0.0) * nz),
     )  # fmt: skip
-    if accurate:
-        gap, terms = duality_gap(Q, q, b, hf, x, y, z)
-    else:
-        terms = [x @ Qx, q @ x, b @ y, hf @ z]
-        gap = sum(terms)
-    gap = jnp.abs(gap)
+    terms = [x @ Qx, q @ x, b @ y, hf @ z]
+    gap = jnp.abs(sum(terms))
 
     def ratio(r, s):
         return jnp.max(r / jnp.maximum(atol + tol * s, tiny), initial=0.0)
@@ -307,7 +240,7 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
 
     def measure(it):
         u = unscale(it, sc, absent)
-        return merit(Q, q, A, b, G, h, absent, u.x, u.y, u.z, tol, atol, accurate=False)[0]
+        return merit(Q, q, A, b, G, h, absent, u.x, u.y, u.z, tol, atol)[0]
 
     def scaled_done(it):
         # The honest rule is relative, so it cannot accept any iterate when a scale
