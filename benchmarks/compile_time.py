@@ -40,15 +40,22 @@ Where ridge's time goes (one process, load 12): with ``check='off'`` rootdiff is
 1.22–1.26× the peer with the same number of kernels (68 vs 67); with a plain CG
 (``jax.scipy.sparse.linalg.cg``) as the derivative's solve it is 0.96×. The built-in
 CG verifies convergence on a true residual inside its loop (one operator product
-site, selects on every carried vector): standalone on the ridge operator it compiles
-in 0.26 s against 0.19 s for a plain CG loop with the same product (0.21 s for JAX's),
-and in the derivative's graph about 0.15 s more per loop — twice in the default
-configuration (the Newton step's loop and the derivative's). That loop, not the
-derivative rule, is the ridge gap left.
+site). The final optimised loop bodies differ by two or three instructions, but
+XLA:CPU compiles each kernel to its own LLVM module, and selects between vectors
+are its largest (select fusions of 45–75 kB of IR against 27–30 kB for an axpy):
+taking the x, r, p updates with scalar coefficients and carrying the iteration's
+kind as one integer brought the LLVM modules from 53 to 50 (a plain CG loop: 44)
+and ridge from 1.67× to 1.56× (``check='off'``: 1.27× → 1.20×), interleaved in
+one process, load 3.5 (the table's last step). Verifying in an outer loop around
+a plain inner CG loop (a second product site) was no faster, with 130 kernels
+instead of 110.
+The rest of the gap is the loop's few scalar kernels (the iteration kind, the
+counter, the CG step's guards; ≈ 7–10 ms each), twice in the default
+configuration (the Newton step's loop and the derivative's).
 
 | workload (rootdiff ÷ peer, total) | kernels before → after | ratio before → after |
 |---|---|---|
-| ridge n=2000 d=200 | 117 → 115 → 110 (peer 67) | 1.81 → 1.58–1.73 → 1.55 |
+| ridge n=2000 d=200 | 117 → 115 → 110 → 107 (peer 67) | 1.81 → 1.58–1.73 → 1.55; 1.67 → 1.56 |
 | DEQ n=400 B=8 | 221 → 201 → 196 (peer 116) | 1.65 → 1.46–1.59 → 1.55 |
 | lasso p=200 | 113 → 109 (peer 78) | 1.36 → 1.23–1.49 |
 | equality QP n=500 p=100 | 44 → 42 → 40 (peer 27) | 1.91 → 1.59–1.82 → 1.51 |

@@ -63,41 +63,52 @@ def cg(
     # the recursive residual says converged, or to start from ``init`` — verifies
     # with the true residual, A x. A failed verification restarts CG from the true
     # residual (residual replacement). ``converged`` always rests on a true residual.
+    # The loop body is kept small for the compiler: no vector selects (the x, r, p
+    # updates take scalar coefficients), one carried integer for the iteration kind.
     verify0 = init is not None  # r0 = b − A x0 needs a product; zero start: r0 = b
     r0 = b_flat
     z0 = prec(r0)
     gamma0 = _vdot(r0, z0)
-    r0_norm = _norm(r0)
-    done0 = (r0_norm <= thresh) & (not verify0)
+    rr0 = jnp.real(_vdot(r0, r0))
     k0 = _zero_count(gamma0)
+    # The next iteration's kind, one carried integer (each carried flag would be a
+    # kernel of its own): a CG step, a verification, or done (true residual small).
+    STEP, VERIFY, DONE = 0, 1, 2
+    small0 = jnp.sqrt(rr0) <= thresh
+    phase0 = k0 + (VERIFY if verify0 else jnp.where(small0, DONE, STEP))
 
     def cond(state):
-        *_, r_norm, verify, done, k = state
-        return ~done & jnp.isfinite(r_norm) & (verify | (k < maxiter))
+        *_, rr, phase, k = state
+        return (phase != DONE) & jnp.isfinite(rr) & ((phase == VERIFY) | (k < maxiter))
 
     def body(state):
-        x, r, z, p, gamma, r_norm, verify, _, k = state
-        Av = mv(jnp.where(verify, x, p))
-        # CG step (its values are discarded on a verification iteration).
+        # On a verification iteration ``p`` holds ``x`` (so the product site is A p).
+        x, r, p, gamma, _, phase, k = state
+        verify = phase == VERIFY
+        Av = mv(p)
         pAp = _vdot(p, Av)
-        alpha = gamma / jnp.where(verify | (pAp == 0), 1, pAp)
-        x_step = x + alpha * p
-        r_step = r - alpha * Av
-        r_new = jnp.where(verify, b_flat - Av, r_step)
+        # Scalar coefficients instead of selects between vectors (a select of vectors
+        # is a large kernel for XLA:CPU to compile): a verification keeps x and sets
+        # r = b − A x (p holds x) and p = z; a CG step x += α p, r −= α A p.
+        alpha = gamma / jnp.where(pAp == 0, 1, pAp)
+        one = jnp.ones_like(alpha)
+        step = jnp.where(verify, jnp.zeros_like(one), one)
+        x_new = x + (step * alpha) * p
+        r_new = step * r + (one - step) * b_flat - jnp.where(verify, one, alpha) * Av
         z_new = prec(r_new)
         gamma_new = _vdot(r_new, z_new)
-        beta = gamma_new / jnp.where(gamma == 0, 1, gamma)
-        p_new = jnp.where(verify, z_new, z_new + beta * p)
-        r_norm_new = _norm(r_new)
-        small = r_norm_new <= thresh
+        p_new = z_new + (step * gamma_new / jnp.where(gamma == 0, 1, gamma)) * p
+        rr = jnp.real(_vdot(r_new, r_new))
+        small = jnp.sqrt(rr) <= thresh
+        phase_new = jnp.where(small, jnp.where(verify, DONE, VERIFY), STEP).astype(phase.dtype)
         return (
-            jnp.where(verify, x, x_step), r_new, z_new, p_new, gamma_new, r_norm_new,
-            ~verify & small, verify & small, k + jnp.where(verify, 0, 1),
+            x_new, r_new, jnp.where(phase_new == VERIFY, x_new, p_new), gamma_new, rr,
+            phase_new, k + jnp.where(verify, 0, 1),
         )  # fmt: skip
 
-    verify = jnp.zeros_like(done0) | verify0  # typed like the data (see _zero_count)
-    init_state = (x0, r0, z0, z0, gamma0, r0_norm, verify, done0, k0)
-    x, _, _, _, _, r_norm, _, done, k = jax.lax.while_loop(cond, body, init_state)
+    init_state = (x0, r0, x0 if verify0 else z0, gamma0, rr0, phase0, k0)
+    x, _, _, _, rr, phase, k = jax.lax.while_loop(cond, body, init_state)
+    r_norm, done = jnp.sqrt(rr), phase == DONE
     # ``done``: the true residual ``r_norm`` met the tolerance. Otherwise ``r_norm`` is
     # the last (recursive or true) residual, above the tolerance or NaN.
     return _finish(x, r_norm, b_norm, k, thresh, unravel, return_info, converged=done)
