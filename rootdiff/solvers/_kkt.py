@@ -78,6 +78,22 @@ def ldl_solve(fac, r):
     return r
 
 
+def serial(x, after):
+    """``x``, made to depend on the array ``after`` by data (``x + 0 · after₀``, exact: the
+    zero is taken from a finite value), so that XLA cannot run the two side by side.
+
+    Why: under ``vmap`` a LAPACK factorisation (``getrf``, ``potrf``) is one batched
+    call that jaxlib splits over XLA:CPU's intra-op thread pool, blocking the calling
+    worker until the pieces are done. If every worker of the pool is blocked that way
+    at once (two independent factorisations on a 2-thread pool), the pieces never run
+    and the program waits forever at 0 % CPU (jax 0.10.2). So no two factorisations of
+    one solve may be independent in the graph. (``lax.optimization_barrier`` does not
+    order them: XLA:CPU removes it before scheduling.)
+    """
+    t = jnp.ravel(after)[0]
+    return x + 0.0 * jnp.where(jnp.isfinite(t), t, 0.0).astype(x.dtype)
+
+
 @jax.tree_util.register_pytree_node_class
 class Reduced:
     """Factorised ``[[Q + ρI + GᵀWG, Aᵀ], [A, −δI]]`` with ``W = 1/(D + δ)``.
