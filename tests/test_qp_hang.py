@@ -53,8 +53,8 @@ def test_batched_solve_qp_orders_its_factorisations():
     B, n, p, m = 2, 20, 3, 25  # above the size where the dense LU is used
     M = rng.standard_normal((B, n, n))
     Q = M @ M.transpose(0, 2, 1) + np.eye(n)
-    args = (Q, rng.standard_normal((B, n)), rng.standard_normal((B, p, n)),
-            rng.standard_normal((B, p)), rng.standard_normal((B, m, n)), np.ones((B, m)))  # fmt: skip
+    A, G = rng.standard_normal((B, p, n)), rng.standard_normal((B, m, n))
+    args = (Q, rng.standard_normal((B, n)), A, rng.standard_normal((B, p)), G, np.ones((B, m)))
     args = tuple(map(jnp.asarray, args))
 
     def loss(*a):
