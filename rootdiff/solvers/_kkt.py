@@ -78,6 +78,17 @@ def ldl_solve(fac, r):
     return r
 
 
+def factor(K):
+    """Factorisation of the quasi-definite ``K`` for :func:`solve`: the unrolled LDLᵀ up
+    to :data:`SMALL` unknowns, an LU above."""
+    return ldl_factor(K) if K.shape[-1] <= SMALL else jax.scipy.linalg.lu_factor(K)
+
+
+def solve(fac, r):
+    """``K⁻¹ r`` from ``fac = factor(K)`` (the size picks the same branch)."""
+    return ldl_solve(fac, r) if r.shape[0] <= SMALL else jax.scipy.linalg.lu_solve(fac, r)
+
+
 def serial(x, after):
     """``x``, made to depend on the array ``after`` by data (``x + 0 · after₀``, exact: the
     zero is taken from a finite value), so that XLA cannot run the two side by side.
@@ -112,35 +123,21 @@ class Reduced:
         self.n, self.G, self.reg = n, G, reg
         self.w = 1.0 / (d + reg)
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
-        K = jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]])
-        if n + p <= SMALL:
-            self.fac = ("ldl", ldl_factor(K))
-        else:
-            # (Block elimination by a Cholesky of H and of the Schur complement takes
-            # a third of the flops, but inside this loop under vmap it left XLA:CPU
-            # (jax 0.10.2) waiting forever in some runs of the examples; not reduced
-            # to a JAX reproducer yet.)
-            self.fac = ("lu", jax.scipy.linalg.lu_factor(K))
+        self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
 
     def tree_flatten(self):
-        kind, fac = self.fac
-        return (self.G, self.w, fac), (self.n, self.reg, kind)
+        return (self.G, self.w, self.fac), (self.n, self.reg)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.n, obj.reg, kind = aux
-        obj.G, obj.w, fac = children
-        obj.fac = (kind, fac)
+        obj.n, obj.reg = aux
+        obj.G, obj.w, obj.fac = children
         return obj
 
     def _solve(self, rx, ry):
         """``[[H, Aᵀ], [A, −δI]] (dx, dy) = (rx, ry)``."""
-        kind, fac = self.fac
-        if kind == "ldl":
-            sol = ldl_solve(fac, jnp.concatenate([rx, ry]))
-            return sol[: self.n], sol[self.n :]
-        sol = jax.scipy.linalg.lu_solve(fac, jnp.concatenate([rx, ry]))
+        sol = solve(self.fac, jnp.concatenate([rx, ry]))
         return sol[: self.n], sol[self.n :]
 
     def apply_inverse(self, r):
