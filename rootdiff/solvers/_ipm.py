@@ -236,7 +236,6 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         eps_inf, tol_s = max(tol, floor), (tol if tol > 0 else scaled_tol)
     else:
         eps_inf, tol_s = jnp.maximum(tol, floor), jnp.where(tol > 0, tol, scaled_tol)
-    convex = is_convex(Qs)
 
     def measure(it):
         u = unscale(it, sc, absent)
@@ -300,6 +299,10 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         start = Iterate(init.x / (g * sc.D), c * init.y / (g * sc.EA),
                         jnp.maximum(c * init.z / (g * sc.EG), 1e-2),
                         jnp.maximum(jnp.where(jnp.isfinite(s_in), s_in, 1.0), 1e-2))  # fmt: skip
+
+    # After the start's factorisation, not beside it: two batched LAPACK factorisations
+    # that XLA:CPU may run at once can deadlock its thread pool (see _kkt.serial).
+    convex = is_convex(_kkt.serial(Qs, after=start.x))
 
     def matvec(z, s):
         D = s / z

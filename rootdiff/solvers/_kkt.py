@@ -78,6 +78,33 @@ def ldl_solve(fac, r):
     return r
 
 
+def factor(K):
+    """Factorisation of the quasi-definite ``K`` for :func:`solve`: the unrolled LDLᵀ up
+    to :data:`SMALL` unknowns, an LU above."""
+    return ldl_factor(K) if K.shape[-1] <= SMALL else jax.scipy.linalg.lu_factor(K)
+
+
+def solve(fac, r):
+    """``K⁻¹ r`` from ``fac = factor(K)`` (the size picks the same branch)."""
+    return ldl_solve(fac, r) if r.shape[0] <= SMALL else jax.scipy.linalg.lu_solve(fac, r)
+
+
+def serial(x, after):
+    """``x``, made to depend on the array ``after`` by data (``x + 0 · after₀``, exact: the
+    zero is taken from a finite value), so that XLA cannot run the two side by side.
+
+    Why: under ``vmap`` a LAPACK factorisation (``getrf``, ``potrf``) is one batched
+    call that jaxlib splits over XLA:CPU's intra-op thread pool, blocking the calling
+    worker until the pieces are done. If every worker of the pool is blocked that way
+    at once (two independent factorisations on a 2-thread pool), the pieces never run
+    and the program waits forever at 0 % CPU (jax 0.10.2). So no two factorisations of
+    one solve may be independent in the graph. (``lax.optimization_barrier`` does not
+    order them: XLA:CPU removes it before scheduling.)
+    """
+    t = jnp.ravel(after)[0]
+    return x + 0.0 * jnp.where(jnp.isfinite(t), t, 0.0).astype(x.dtype)
+
+
 @jax.tree_util.register_pytree_node_class
 class Reduced:
     """Factorised ``[[Q + ρI + GᵀWG, Aᵀ], [A, −δI]]`` with ``W = 1/(D + δ)``.
@@ -96,35 +123,21 @@ class Reduced:
         self.n, self.G, self.reg = n, G, reg
         self.w = 1.0 / (d + reg)
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
-        K = jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]])
-        if n + p <= SMALL:
-            self.fac = ("ldl", ldl_factor(K))
-        else:
-            # (Block elimination by a Cholesky of H and of the Schur complement takes
-            # a third of the flops, but inside this loop under vmap it left XLA:CPU
-            # (jax 0.10.2) waiting forever in some runs of the examples; not reduced
-            # to a JAX reproducer yet.)
-            self.fac = ("lu", jax.scipy.linalg.lu_factor(K))
+        self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
 
     def tree_flatten(self):
-        kind, fac = self.fac
-        return (self.G, self.w, fac), (self.n, self.reg, kind)
+        return (self.G, self.w, self.fac), (self.n, self.reg)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.n, obj.reg, kind = aux
-        obj.G, obj.w, fac = children
-        obj.fac = (kind, fac)
+        obj.n, obj.reg = aux
+        obj.G, obj.w, obj.fac = children
         return obj
 
     def _solve(self, rx, ry):
         """``[[H, Aᵀ], [A, −δI]] (dx, dy) = (rx, ry)``."""
-        kind, fac = self.fac
-        if kind == "ldl":
-            sol = ldl_solve(fac, jnp.concatenate([rx, ry]))
-            return sol[: self.n], sol[self.n :]
-        sol = jax.scipy.linalg.lu_solve(fac, jnp.concatenate([rx, ry]))
+        sol = solve(self.fac, jnp.concatenate([rx, ry]))
         return sol[: self.n], sol[self.n :]
 
     def apply_inverse(self, r):
