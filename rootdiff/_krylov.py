@@ -228,7 +228,11 @@ def gmres(
         active = jnp.arange(m) < j
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
-        R_j = jnp.where(eye > 0, safe(R_j), R_j)  # a zero pivot (breakdown) divides by 1
+        # A zero pivot (breakdown) divides by 1. (A scatter on the diagonal, not a mask:
+        # ``eye`` reaches this branch of a ``cond`` device-varying under ``shard_map``,
+        # and comparing it with a constant fails JAX's varying-axes check.)
+        diag = jnp.where(active, jnp.diagonal(R_j), 1)
+        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
         g = jnp.where(active, beta * Q[:m, 0], 0)
         y = jax.scipy.linalg.solve_triangular(R_j, g, lower=False)
         return prec(y @ V[:m])  # = V[:m]ᵀ y, without transposing V
