@@ -404,7 +404,7 @@ def test_corrector_extra_rounds_run_only_when_the_residual_asks():
     # The interior point's corrector may add refinement rounds; on an already accurate
     # direction (residual at its floor) it must not solve at all: the solve below is
     # deliberately wrong, so any round taken would move d.
-    from rootdiff.solvers._ipm import _more_rounds
+    from rootdiff.solvers._kkt import improve
 
     M = jnp.array([[4.0, 1.0], [1.0, 3.0]])
     rhs = (jnp.array([1.0, 2.0]),)
@@ -416,7 +416,7 @@ def test_corrector_extra_rounds_run_only_when_the_residual_asks():
     def wrong(e):
         return (1e3 * e[0] + 1.0,)
 
-    kept = jax.jit(lambda d: _more_rounds(wrong, mv, rhs, d, 7, 1e-12))(exact)
+    kept = jax.jit(lambda d: improve(wrong, mv, rhs, d, 7, 0.9, 1e-12))(exact)
     np.testing.assert_array_equal(kept[0], exact[0])
 
     # A rough inverse (half the true one) is refined while the residual falls.
@@ -424,7 +424,7 @@ def test_corrector_extra_rounds_run_only_when_the_residual_asks():
         return (0.5 * jnp.linalg.solve(M, e[0]),)
 
     d0 = (0.5 * exact[0],)
-    refined = jax.jit(lambda d: _more_rounds(half, mv, rhs, d, 7, 1e-12))(d0)
+    refined = jax.jit(lambda d: improve(half, mv, rhs, d, 7, 0.9, 1e-12))(d0)
     err = np.abs(np.asarray(refined[0] - exact[0])).max()
     assert err <= 0.5**8 * np.abs(np.asarray(exact[0])).max() * 1.01
     assert err > 0  # at most 7 rounds were taken

@@ -35,7 +35,7 @@ _TAU = 0.995
 #: Refinement steps of the corrector.
 _REFINE = 2
 #: Most further refinement rounds of the corrector, taken only while the residual is
-#: above its floor and still falls (see ``newton`` in :func:`ipm` and :func:`_more_rounds`).
+#: above its floor and still falls (see ``newton`` in :func:`ipm`).
 _MORE = 7
 #: Scaled stopping tolerance when only an absolute one is asked for (float32, float64).
 SCALED_TOL = (1e-5, 1e-10)
@@ -207,35 +207,6 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratio, initial=jnp.inf))
 
 
-def _more_rounds(apply_inverse, matvec, rhs, d, rounds, floor, shrink=0.9):
-    """Refinement rounds of ``d`` (``apply_inverse ≈ matvec⁻¹``) while ``‖rhs − matvec(d)‖∞``
-    is above ``floor`` and still shrinks by the factor ``shrink``, at most ``rounds``.
-
-    Unlike :func:`rootdiff.solvers._kkt.refine` (which always applies the inverse once
-    first), the residual of ``d`` itself is tested first: nothing is solved when it
-    is already at ``floor``. A ``while_loop``, so under ``vmap`` it runs only while
-    some problem of the batch still needs a round.
-    """
-
-    def err(d):
-        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return e, max_of(*map(inf_norm, e))
-
-    def cond(c):
-        k, _, _, size, prev = c
-        return (k < rounds) & (size > floor) & (size < shrink * prev)
-
-    def body(c):
-        k, d, e, size, _ = c
-        d = jax.tree.map(jnp.add, d, apply_inverse(e))
-        e, size_new = err(d)
-        return k + 1, d, e, size_new, size
-
-    e, size = err(d)
-    inf = jnp.zeros_like(size) + jnp.inf  # typed like the data (Explicit meshes)
-    return jax.lax.while_loop(cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf))[1]
-
-
 class _State(NamedTuple):
     it: Iterate
     best: Iterate
@@ -362,7 +333,7 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
                 # its first round, so a well-conditioned system (the residual already
                 # below `floor`) costs one matvec and no further solve.
                 floor = float(jnp.finfo(dtype).eps) ** 0.75 * max_of(*map(inf_norm, rhs))
-                d = _more_rounds(red.apply_inverse, mv, rhs, d, more, floor)
+                d = _kkt.improve(red.apply_inverse, mv, rhs, d, more, shrink=0.9, floor=floor)
             dx, dy, dz = d
             return dx, dy, dz, (-r4 - s * dz) / z
 

@@ -152,7 +152,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
     """Up to ``steps`` rounds of iterative refinement of ``apply_inverse(rhs)`` against ``matvec``.
 
     Stops early once the residual stops shrinking by the factor ``shrink`` (rounding
-    reached) or is at most ``floor``.
+    reached) or is at most ``floor`` (see :func:`improve`).
     ``unrolled``: exactly ``steps`` rounds, no early stop (a loop of fixed length), for
     solves traced inside ``custom_root``'s linear solve and inside the interior-point
     loop under ``vmap`` (no batched stopping test).
@@ -169,12 +169,22 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
         # A loop of fixed length (its body is traced and compiled once), not a Python
         # loop: each unrolled copy of the solve is compiled separately.
         return jax.lax.fori_loop(0, steps, step, d)
+    return improve(apply_inverse, matvec, rhs, d, steps, shrink, floor)
+
+
+def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0):
+    """Refinement rounds ``d += apply_inverse(rhs − matvec(d))`` while the residual
+    ``‖rhs − matvec(d)‖∞`` is above ``floor`` and still shrinks by the factor ``shrink``,
+    at most ``steps``.
+
+    The residual of ``d`` itself is tested first: nothing is solved when it is already
+    at ``floor``. A ``while_loop`` (the solve is traced once), so under ``vmap`` it
+    runs only while some problem of the batch still needs a round.
+    """
 
     def err(d):
         e = jax.tree.map(jnp.subtract, rhs, matvec(d))
         return e, max_of(*[inf_norm(v) for v in jax.tree.leaves(e)])
-
-    e, size = err(d)
 
     def cond(c):
         k, _, _, size, prev = c
@@ -186,7 +196,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
         e_new, size_new = err(d)
         return k + 1, d, e_new, size_new, size
 
-    # A loop, not unrolled: keeps compile time down (the solve is traced once).
+    e, size = err(d)
     # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
     inf = jnp.zeros_like(size) + jnp.inf
     return jax.lax.while_loop(cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf))[1]
