@@ -172,7 +172,7 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
     return improve(apply_inverse, matvec, rhs, d, steps, shrink, floor)
 
 
-def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0):
+def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0, return_residual=False):
     """Refinement rounds ``d += apply_inverse(rhs − matvec(d))`` while the residual
     ``‖rhs − matvec(d)‖∞`` is above ``floor`` and still shrinks by the factor ``shrink``,
     at most ``steps``.
@@ -180,6 +180,7 @@ def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0):
     The residual of ``d`` itself is tested first: nothing is solved when it is already
     at ``floor``. A ``while_loop`` (the solve is traced once), so under ``vmap`` it
     runs only while some problem of the batch still needs a round.
+    ``return_residual``: also return ``‖rhs − matvec(d)‖∞`` of the returned ``d``.
     """
 
     def err(d):
@@ -199,4 +200,7 @@ def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0):
     e, size = err(d)
     # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
     inf = jnp.zeros_like(size) + jnp.inf
-    return jax.lax.while_loop(cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf))[1]
+    _, d, _, size, _ = jax.lax.while_loop(
+        cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf)
+    )
+    return (d, size) if return_residual else d
