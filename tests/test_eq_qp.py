@@ -221,6 +221,38 @@ def test_singular_but_solvable_kkt_gives_a_solution():
         rootdiff.solve_eq_qp(Qs, cs.at[2].set(1.0), jnp.zeros((0, 3)), jnp.zeros(0))
 
 
+def _eqns(jaxpr):
+    """Every equation of ``jaxpr`` and of its sub-jaxprs."""
+    for e in jaxpr.eqns:
+        yield e
+        for param in e.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+def test_the_shift_reads_only_the_diagonal_of_Q():
+    """δ needs max|Q|, which for a positive semidefinite Q is max|diag Q|: no reduction
+    over the whole of Q (one more pass over it) is traced, with the check on or off."""
+    Q, c, A, b = _problem(12)
+    for check in ("warn", "off"):
+        jaxpr = jax.make_jaxpr(lambda *a: rootdiff.solve_eq_qp(*a, check=check))(Q, c, A, b)
+        full = [
+            e for e in _eqns(jaxpr.jaxpr) if e.primitive.name.startswith("reduce")
+            and any(getattr(v.aval, "shape", ())[-2:] == (N, N) for v in e.invars)
+        ]  # fmt: skip
+        assert not full, full
+
+
+def test_singular_indefinite_q_with_zero_diagonal_is_reported():
+    """δ = eps·max(max|diag Q|, max|A|) = 0 here: the singular K gives NaN, reported."""
+    Q = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    c = jnp.array([1.0, 2.0, 0.0])
+    with pytest.warns(rootdiff.ConvergenceWarning, match="solve_eq_qp"):
+        rootdiff.solve_eq_qp(Q, c, jnp.zeros((0, 3)), jnp.zeros(0))
+
+
 @jax.jit
 def _solve_and_grad(Q, c, A, b):
     x, y = rootdiff.solve_eq_qp(Q, c, A, b)
