@@ -232,3 +232,28 @@ def test_nonconvergence_is_reported():
         )  # fmt: skip
     assert not bool(info.converged) and int(info.iterations) == 3
     assert float(info.optimality) > float(info.threshold)
+
+
+def _loop_reductions(jaxpr):
+    """The reduction primitives in the body of every ``while`` loop of ``jaxpr``."""
+    for e in jaxpr.eqns:
+        if e.primitive.name == "while":
+            body = e.params["body_jaxpr"].jaxpr
+            yield [b.primitive.name for b in body.eqns if b.primitive.name.startswith("reduce")]
+        for param in e.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _loop_reductions(inner)
+
+
+def test_the_stopping_tests_read_their_maxima_in_one_reduction():
+    """Per iteration the tests need max|x⁺ − y|, max|∇f(y)|, max|y| and whether x⁺ is
+    finite: one variadic reduction (one kernel), not one (up to three kernels) each."""
+    run = lambda y, step: rootdiff.proximal_gradient(  # noqa: E731
+        loss, jnp.zeros(P), prox_lasso, X, y, hyperparams_prox=LAM, stepsize=step, check="off"
+    )
+    for step in (0.1, None):  # fixed step, line search
+        bodies = list(_loop_reductions(jax.make_jaxpr(lambda y: run(y, step))(Y).jaxpr))
+        fista = max(bodies, key=len)
+        assert "reduce_max" not in fista and fista.count("reduce") == 1, fista
