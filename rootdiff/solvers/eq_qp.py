@@ -227,7 +227,7 @@ def _solve_dense(Q, c, A, b, *, check):
     # (as long as a triangular solve); max|A| is read from A in its own layout (from
     # K, in the column-major layout LAPACK wants, XLA would first copy it transposed).
     diag = jnp.arange(Q_.shape[0])  # a gather (jnp.diagonal traces a masked sum too)
-    norm_Q, norm_A = _amax(Q_[diag, diag]), _amax(A_)
+    norm_Q, norm_A = _amax_pair(Q_[diag, diag], A_)
     delta = jnp.finfo(Q_.dtype).eps * jnp.maximum(norm_Q, norm_A)
     K = _assemble(_sym(Q_), A_, delta)
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
@@ -252,6 +252,23 @@ def _solve_dense(Q, c, A, b, *, check):
         ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
     return v[:n], v[n:]
+
+
+def _amax_pair(d: jax.Array, A: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(max|d|, max|A|)`` for ``d`` of shape ``(n,)`` and ``A`` of shape ``(p, n)``.
+
+    One variadic reduction over ``A``'s shape (``d`` broadcast along its rows): one
+    kernel for XLA:CPU to compile, where the two reductions alone are four (it splits
+    a one-dimensional reduction of more than 32 elements into three kernels).
+    """
+    if A.shape[0] == 0:
+        return _amax(d), jnp.zeros((), A.dtype)
+    zero = jnp.zeros((), A.dtype)
+    norm_d, norm_A = jax.lax.reduce(
+        (jnp.broadcast_to(jnp.abs(d), A.shape), jnp.abs(A)), (zero, zero),
+        lambda u, v: (jnp.maximum(u[0], v[0]), jnp.maximum(u[1], v[1])), (0, 1),
+    )  # fmt: skip
+    return norm_d, norm_A
 
 
 def _assemble(Qs: jax.Array, A: jax.Array, delta: jax.Array) -> jax.Array:
