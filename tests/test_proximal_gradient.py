@@ -248,8 +248,9 @@ def _loop_reductions(jaxpr):
 
 
 def test_the_stopping_tests_read_their_maxima_in_one_reduction():
-    """Per iteration the tests need max|x⁺ − y|, max|∇f(y)|, max|y| and whether x⁺ is
-    finite: one variadic reduction (one kernel), not one (up to three kernels) each."""
+    """Per iteration the tests need max|x⁺ − y|, max|∇f(y)|, max|y| and whether x⁺ and
+    ∇f(y) are finite: one variadic reduction (one kernel), not one (up to three
+    kernels) each; with a line search, ∇f's finiteness is tested before the search."""
     run = lambda y, step: rootdiff.proximal_gradient(  # noqa: E731
         loss, jnp.zeros(P), prox_lasso, X, y, hyperparams_prox=LAM, stepsize=step, check="off"
     )
@@ -257,3 +258,4 @@ def test_the_stopping_tests_read_their_maxima_in_one_reduction():
         bodies = list(_loop_reductions(jax.make_jaxpr(lambda y: run(y, step))(Y).jaxpr))
         fista = max(bodies, key=len)
         assert "reduce_max" not in fista and fista.count("reduce") == 1, fista
+        assert ("reduce_and" in fista) == (step is None), fista

@@ -78,9 +78,11 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
 
     def body(s: _State) -> _State:
         g = grad(s.y)
-        outside = ~_all_finite(g)  # y left f's domain: restart from the last x
-        g = jax.tree.map(lambda v: jnp.where(outside, jnp.zeros_like(v), v), g)
         if line_search:
+            # y left f's domain (∇f not finite): restart from the last x, and do not
+            # search a step along a NaN gradient.
+            outside = ~_all_finite(g)
+            g = jax.tree.map(lambda v: jnp.where(outside, jnp.zeros_like(v), v), g)
             eta, failed = search(s.y, g, s.eta * opts.increase, outside)
         else:
             eta, failed = s.eta, jnp.zeros_like(s.eta, dtype=bool)
@@ -89,6 +91,8 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
         # one kernel to compile, where four separate ones are up to three each); NaN
         # propagates, so x_new is finite iff its maximum is.
         residual, g_max, y_max, x_max = _max_abs_each(otu.tree_sub(x_new, s.y), g, s.y, x_new)
+        if not line_search:  # the same test, read off g's maximum (x_new is then unused)
+            outside = ~jnp.isfinite(g_max)
         opt = residual / eta
         first = s.it == 0
         g0 = jnp.where(first, opt, s.g0)
