@@ -259,3 +259,29 @@ def test_the_stopping_tests_read_their_maxima_in_one_reduction():
         fista = max(bodies, key=len)
         assert "reduce_max" not in fista and fista.count("reduce") == 1, fista
         assert ("reduce_and" in fista) == (step is None), fista
+
+
+def test_the_convergence_report_makes_no_pass_over_the_solution():
+    """The solver's report defers a non-finite x to the implicit rule's check; x is
+    non-finite only if the start is (the loop then does not run), so the report reads
+    the iteration count instead of testing every entry of x (no reduction over x)."""
+    jaxpr = jax.make_jaxpr(
+        lambda y: rootdiff.proximal_gradient(
+            loss, jnp.zeros(P), prox_lasso, X, y, hyperparams_prox=LAM, stepsize=0.1
+        )
+    )(Y).jaxpr
+    found = list(_reductions_outside_loops(jaxpr))
+    assert found.count("reduce_and") <= 3, found  # the start's finiteness, the rule's check
+
+
+def _reductions_outside_loops(jaxpr):
+    """The reduction primitives of ``jaxpr``, the bodies of ``while`` loops excluded."""
+    for e in jaxpr.eqns:
+        if e.primitive.name.startswith("reduce"):
+            yield e.primitive.name
+        if e.primitive.name != "while":
+            for param in e.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else [param]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from _reductions_outside_loops(inner)
