@@ -149,13 +149,21 @@ def _lml_solve(matvec, b, *, return_info: bool = False):
 
 
 def _lml_row(x: jax.Array, k: Any) -> jax.Array:
-    z = x - jax.lax.stop_gradient(jnp.max(x))
-    # Entries at −inf (masked) have sigmoid 0: the bracket counts the m finite ones.
-    finite = jax.lax.stop_gradient(z > -jnp.inf)
-    m = jnp.sum(finite).astype(z.dtype)
+    # The row's maximum, its minimum over the finite entries and the number m of those
+    # (entries at −inf are masked: sigmoid 0) in one pass: one variadic reduction, not
+    # three (each a kernel for XLA to compile, and the count an integer array).
+    xs = jax.lax.stop_gradient(x)
+    finite = xs > -jnp.inf
+    x_max, x_min, m = jax.lax.reduce(
+        (xs, jnp.where(finite, xs, jnp.inf), finite.astype(xs.dtype)),
+        tuple(jnp.array(v, xs.dtype) for v in (-jnp.inf, jnp.inf, 0)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1]), a[2] + b[2]),
+        (0,),
+    )
+    z = x - x_max
     k_over_m = jax.lax.stop_gradient(jnp.asarray(k, z.dtype) / m)
     base = jnp.log(k_over_m) - jnp.log1p(-k_over_m)  # logit(k/m)
-    z_min = jax.lax.stop_gradient(jnp.min(jnp.where(finite, z, 0.0)))
+    z_min = x_min - x_max  # = min of the finite z (x ↦ x − x_max rounds monotonically)
     lower = base - 1.0  # every term ≤ sigmoid(logit(k/m) − 1) < k/m
     upper = base - z_min + 1.0  # every finite term > k/m
     # Width sqrt(eps), then the false-position step: |F''/F'| ≤ 1 bounds its error by

@@ -187,6 +187,30 @@ def test_lml_axis_vmap_and_array_k():
     assert str(jax.make_jaxpr(lambda x: lml(x, ks))(X)).count("while[") == 1
 
 
+def _reductions_outside_loops(jaxpr):
+    """Reductions of the program, the bodies of ``while`` loops excluded."""
+    out = []
+    for e in jaxpr.eqns:
+        if e.primitive.name.startswith("reduce") or e.primitive.name == "argmax":
+            out.append(e.primitive.name)
+        if e.primitive.name == "while":
+            continue
+        for param in e.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _reductions_outside_loops(inner)
+    return out
+
+
+def test_lml_row_statistics_are_one_reduction():
+    """The bracket needs each row's max, its min over the finite entries and their
+    number: one variadic reduction over ``x`` (not three, each a kernel to compile);
+    the two others are F at the bracket's ends."""
+    found = _reductions_outside_loops(jax.make_jaxpr(lambda x: lml(x, 3))(X).jaxpr)
+    assert sorted(found) == ["reduce", "reduce_sum", "reduce_sum"], found
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_lml_hard_rows(dtype):
     tol = 1e-12 if dtype == "float64" else 2e-6

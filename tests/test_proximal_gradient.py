@@ -232,3 +232,56 @@ def test_nonconvergence_is_reported():
         )  # fmt: skip
     assert not bool(info.converged) and int(info.iterations) == 3
     assert float(info.optimality) > float(info.threshold)
+
+
+def _loop_reductions(jaxpr):
+    """The reduction primitives in the body of every ``while`` loop of ``jaxpr``."""
+    for e in jaxpr.eqns:
+        if e.primitive.name == "while":
+            body = e.params["body_jaxpr"].jaxpr
+            yield [b.primitive.name for b in body.eqns if b.primitive.name.startswith("reduce")]
+        for param in e.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _loop_reductions(inner)
+
+
+def test_the_stopping_tests_read_their_maxima_in_one_reduction():
+    """Per iteration the tests need max|x⁺ − y|, max|∇f(y)|, max|y| and whether x⁺ and
+    ∇f(y) are finite: one variadic reduction (one kernel), not one (up to three
+    kernels) each; with a line search, ∇f's finiteness is tested before the search."""
+    run = lambda y, step: rootdiff.proximal_gradient(  # noqa: E731
+        loss, jnp.zeros(P), prox_lasso, X, y, hyperparams_prox=LAM, stepsize=step, check="off"
+    )
+    for step in (0.1, None):  # fixed step, line search
+        bodies = list(_loop_reductions(jax.make_jaxpr(lambda y: run(y, step))(Y).jaxpr))
+        fista = max(bodies, key=len)
+        assert "reduce_max" not in fista and fista.count("reduce") == 1, fista
+        assert ("reduce_and" in fista) == (step is None), fista
+
+
+def test_the_convergence_report_makes_no_pass_over_the_solution():
+    """The solver's report defers a non-finite x to the implicit rule's check; x is
+    non-finite only if the start is (the loop then does not run), so the report reads
+    the iteration count instead of testing every entry of x (no reduction over x)."""
+    jaxpr = jax.make_jaxpr(
+        lambda y: rootdiff.proximal_gradient(
+            loss, jnp.zeros(P), prox_lasso, X, y, hyperparams_prox=LAM, stepsize=0.1
+        )
+    )(Y).jaxpr
+    found = list(_reductions_outside_loops(jaxpr))
+    assert found.count("reduce_and") <= 3, found  # the start's finiteness, the rule's check
+
+
+def _reductions_outside_loops(jaxpr):
+    """The reduction primitives of ``jaxpr``, the bodies of ``while`` loops excluded."""
+    for e in jaxpr.eqns:
+        if e.primitive.name.startswith("reduce"):
+            yield e.primitive.name
+        if e.primitive.name != "while":
+            for param in e.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else [param]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from _reductions_outside_loops(inner)

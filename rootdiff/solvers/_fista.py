@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
-from rootdiff._trees import _max_abs
+from rootdiff._trees import _max_abs_each
 
 PyTree = Any
 
@@ -78,28 +78,35 @@ def _fista(f, prox, init, hp, *, stepsize, opts, tol, dtype):
 
     def body(s: _State) -> _State:
         g = grad(s.y)
-        outside = ~_all_finite(g)  # y left f's domain: restart from the last x
-        g = jax.tree.map(lambda v: jnp.where(outside, jnp.zeros_like(v), v), g)
         if line_search:
+            # y left f's domain (∇f not finite): restart from the last x, and do not
+            # search a step along a NaN gradient.
+            outside = ~_all_finite(g)
+            g = jax.tree.map(lambda v: jnp.where(outside, jnp.zeros_like(v), v), g)
             eta, failed = search(s.y, g, s.eta * opts.increase, outside)
         else:
             eta, failed = s.eta, jnp.zeros_like(s.eta, dtype=bool)
         x_new = step(s.y, g, eta)
-        residual = _max_abs(otu.tree_sub(x_new, s.y))
+        # The four maxima the tests below need, in one pass (one variadic reduction,
+        # one kernel to compile, where four separate ones are up to three each); NaN
+        # propagates, so x_new is finite iff its maximum is.
+        residual, g_max, y_max, x_max = _max_abs_each(otu.tree_sub(x_new, s.y), g, s.y, x_new)
+        if not line_search:  # the same test, read off g's maximum (x_new is then unused)
+            outside = ~jnp.isfinite(g_max)
         opt = residual / eta
         first = s.it == 0
         g0 = jnp.where(first, opt, s.g0)
-        grad0 = jnp.where(first, _max_abs(g), s.grad0)
+        grad0 = jnp.where(first, g_max, s.grad0)
         # relative reduction of the gradient mapping, down to its rounding floor
         # (scale: the larger of G and ∇f at the start, so that a warm start close to the
         # solution does not make the test stricter)
-        thr = tol * jnp.maximum(g0, grad0) + 4 * eps * (grad0 + _max_abs(g))
+        thr = tol * jnp.maximum(g0, grad0) + 4 * eps * (grad0 + g_max)
         # a step too small to move y (rounding) proves nothing: the step collapsed
-        frozen = eta * _max_abs(g) <= 4 * eps * _max_abs(s.y)
-        failed = (failed | (frozen & (_max_abs(g) > thr))) & ~outside
+        frozen = eta * g_max <= 4 * eps * y_max
+        failed = (failed | (frozen & (g_max > thr))) & ~outside
         small = (opt <= thr) & ~failed
         done = s.y_verified & small & ~outside
-        stop = failed | ~_all_finite(x_new)
+        stop = failed | ~jnp.isfinite(x_max)
         # Adaptive restart when the momentum points uphill, and a forced restart
         # when the step is small, so that the next iterate is checked at y == x.
         uphill = otu.tree_vdot(otu.tree_sub(s.y, x_new), otu.tree_sub(x_new, s.x)) > 0

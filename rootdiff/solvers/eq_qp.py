@@ -18,12 +18,14 @@ factorisation of ``K`` instead of factorising again; the matrix-free path gives
 
 Singular ``K`` (a duplicated equality row, a singular ``Q`` with ``c`` in its range):
 what is factorised is the quasi-definite ``K_δ = [[Q + δI, Aᵀ], [A, −δI]]`` with
-``δ = eps·max(max|Q|, max|A|)`` (``= eps·max|K|`` for a symmetric ``Q``), a
-perturbation the size of one rounding of ``K``'s largest entry (LU's own backward
-error is larger), so for a nonsingular ``K`` the solve is as accurate as a plain LU,
-with no refinement step; for a singular but consistent system it returns a finite
-solution instead of ``inf``/NaN; for an inconsistent one (contradictory constraints)
-the KKT residual stays large and the check reports it.
+``δ = eps·max(max|diag Q|, max|A|)`` (``= eps·max|K|`` for a positive semidefinite
+``Q``, whose largest entry lies on its diagonal), a perturbation at most the size of
+one rounding of ``K``'s largest entry (LU's own backward error is larger), so for a
+nonsingular ``K`` the solve is as accurate as a plain LU, with no refinement step; for
+a singular but consistent system it returns a finite solution instead of ``inf``/NaN;
+for an inconsistent one (contradictory constraints) the KKT residual stays large and
+the check reports it. (An indefinite ``Q`` with a small diagonal gets a smaller ``δ``:
+if ``K`` is then singular, the ``inf``/NaN it gives is reported by the check too.)
 """
 
 from __future__ import annotations
@@ -215,17 +217,19 @@ def _solve_dense(Q, c, A, b, *, check):
     # reductions and products below on the host at compile time (seconds for n = 500).
     Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
     # Every pass over the (n + p)² matrix K costs about as much as a triangular solve,
-    # so K_δ is written once (symmetrisation and shift fused into the assembly, as the
-    # assembly a user writes for jnp.linalg.solve is) and then read only by the LU.
-    # δ = eps·max(max|Q|, max|A|): the maxima are read from Q and A in their own
-    # layout (from K, in the column-major layout LAPACK wants, XLA would first copy it
-    # transposed). For a symmetric Q, max|Q| = max|K|; otherwise eps·max|Q| is the
-    # rounding error of forming (Q + Qᵀ)/2 itself.
-    norm_Q, norm_A = _amax(Q_), _amax(A_)
+    # so K_δ is written once and then read only by the LU: each block is zero-padded
+    # to the full size and the four are summed, one elementwise expression that XLA
+    # fuses into a single kernel writing K (symmetrisation and shift included).
+    # jnp.block would write the block rows separately and then copy them into K (the
+    # assembly a user writes for jnp.linalg.solve does): one more pass over K.
+    # δ = eps·max(max|diag Q|, max|A|): max|Q| = max|diag Q| for a positive
+    # semidefinite Q (|Qᵢⱼ| ≤ √(QᵢᵢQⱼⱼ)), read in O(n) instead of one more pass over Q
+    # (as long as a triangular solve); max|A| is read from A in its own layout (from
+    # K, in the column-major layout LAPACK wants, XLA would first copy it transposed).
+    diag = jnp.arange(Q_.shape[0])  # a gather (jnp.diagonal traces a masked sum too)
+    norm_Q, norm_A = _amax_pair(Q_[diag, diag], A_)
     delta = jnp.finfo(Q_.dtype).eps * jnp.maximum(norm_Q, norm_A)
-    p = A_.shape[0]
-    eye = lambda k: jnp.eye(k, dtype=Q_.dtype)  # noqa: E731  (fused into the assembly)
-    K = jnp.block([[_sym(Q_) + delta * eye(n), A_.T], [A_, -delta * eye(p)]])
+    K = _assemble(_sym(Q_), A_, delta)
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
     lu, _, perm = jax.lax.linalg.lu(K)  # K = K_δ = [[Q + δI, Aᵀ], [A, −δI]]
@@ -248,6 +252,34 @@ def _solve_dense(Q, c, A, b, *, check):
         ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
     return v[:n], v[n:]
+
+
+def _amax_pair(d: jax.Array, A: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(max|d|, max|A|)`` for ``d`` of shape ``(n,)`` and ``A`` of shape ``(p, n)``.
+
+    One variadic reduction over ``A``'s shape (``d`` broadcast along its rows): one
+    kernel for XLA:CPU to compile, where the two reductions alone are four (it splits
+    a one-dimensional reduction of more than 32 elements into three kernels).
+    """
+    if A.shape[0] == 0:
+        return _amax(d), jnp.zeros((), A.dtype)
+    zero = jnp.zeros((), A.dtype)
+    norm_d, norm_A = jax.lax.reduce(
+        (jnp.broadcast_to(jnp.abs(d), A.shape), jnp.abs(A)), (zero, zero),
+        lambda u, v: (jnp.maximum(u[0], v[0]), jnp.maximum(u[1], v[1])), (0, 1),
+    )  # fmt: skip
+    return norm_d, norm_A
+
+
+def _assemble(Qs: jax.Array, A: jax.Array, delta: jax.Array) -> jax.Array:
+    """``K_δ = [[Qs + δI, Aᵀ], [A, −δI]]`` as one fused elementwise expression."""
+    n, p = Qs.shape[0], A.shape[0]
+    i, j = (jax.lax.broadcasted_iota(jnp.int32, (n + p, n + p), d) for d in (0, 1))
+    shift = jnp.where(i == j, jnp.where(i < n, delta, -delta), 0)
+    pad = lambda M, rows, cols: jnp.pad(M, (rows, cols))  # noqa: E731
+    return (
+        pad(Qs, (0, p), (0, p)) + pad(A.T, (0, p), (n, 0)) + pad(A, (n, 0), (0, p)) + shift
+    ).astype(Qs.dtype)
 
 
 def _kkt_ok_dense(Q, A, norm_A, v, rhs):
