@@ -16,25 +16,59 @@ import rootdiff
 from rootdiff import QPStatus
 
 S = QPStatus
-# One jitted entry point for most tests (one compile per shape).
+# Compiles dominate this module: every problem below is posed on one padded shape
+# (2 variables, 2 equality rows, 6 inequality rows), solved by one compiled forward
+# program (``solve2``) and differentiated by one compiled derivative program
+# (``probe``). Padding rows are ``0ᵀx = 0`` and absent rows (``h = +inf``): the same
+# problem.
 info_off = jax.jit(lambda *a: rootdiff.solve_qp(*a, return_info=True, check="off"))
+# jax.jit of solve_qp itself (qpax's usage), shared by the tests that call it.
+solve_jit = jax.jit(rootdiff.solve_qp)
 
 
-def solve2(Q, q, A=None, b=None, G=None, h=None):
-    """``info_off`` on a two-variable problem padded to 2 equality and 6 inequality rows.
-
-    Padding rows are ``0ᵀx = 0`` and absent rows (``h = +inf``): the same problem, one
-    compiled solve for all the forward checks below (compiles dominate this module).
-    """
-    A = jnp.zeros((0, 2)) if A is None else jnp.asarray(A, float)
-    b = jnp.zeros(0) if b is None else jnp.asarray(b, float)
-    G = jnp.zeros((0, 2)) if G is None else jnp.asarray(G, float)
-    h = jnp.zeros(0) if h is None else jnp.asarray(h, float)
+def pad2(A=None, b=None, G=None, h=None):
+    """``(A, b, G, h)`` of a two-variable problem padded to 2 equality and 6 inequality rows."""
+    A = jnp.zeros((0, 2)) if A is None else jnp.asarray(A, float).reshape(-1, 2)
+    b = jnp.zeros(0) if b is None else jnp.asarray(b, float).reshape(-1)
+    G = jnp.zeros((0, 2)) if G is None else jnp.asarray(G, float).reshape(-1, 2)
+    h = jnp.zeros(0) if h is None else jnp.asarray(h, float).reshape(-1)
     A = jnp.concatenate([A, jnp.zeros((2 - A.shape[0], 2))])
     b = jnp.concatenate([b, jnp.zeros(2 - b.shape[0])])
     G = jnp.concatenate([G, jnp.zeros((6 - G.shape[0], 2))])
     h = jnp.concatenate([h, jnp.full(6 - h.shape[0], jnp.inf)])
-    return info_off(jnp.asarray(Q, float), jnp.asarray(q, float), A, b, G, h)
+    return A, b, G, h
+
+
+def solve2(Q, q, A=None, b=None, G=None, h=None):
+    """``info_off`` on a two-variable problem padded by :func:`pad2`."""
+    return info_off(jnp.asarray(Q, float), jnp.asarray(q, float), *pad2(A, b, G, h))
+
+
+@jax.jit
+def _probe(Q, q, A, b, G, h, c, dq, dh):
+    # x, info, ∇(cᵀx) w.r.t. (q, b, h) by reverse mode, and the forward-mode tangent
+    # of x along (dq, 0, dh): every autodiff mode in one compiled program.
+    def f(q, b, h):
+        return rootdiff.solve_qp(Q, q, A, b, G, h, return_info=True, check="off")
+
+    # One forward solve: the tangent map at the answer, and reverse mode as its transpose
+    # (what jax.grad does through solve_qp's derivative rule).
+    (x, info), lin = jax.linearize(f, q, b, h)
+    tangent = lambda dq, db, dh: lin(dq, db, dh)[0]  # noqa: E731
+    t = tangent(dq, jnp.zeros_like(b), dh)
+    grads = jax.linear_transpose(tangent, q, b, h)(c)
+    return x, info, grads, t
+
+
+def probe(Q, q, A=None, b=None, G=None, h=None, c=(1.0, 0.0), dq=(0.0, 0.0), dh=None):
+    """:func:`_probe` on the padded problem; the gradient w.r.t. ``h`` is cut to its rows."""
+    A, b, G, h_pad = pad2(A, b, G, h)
+    dh = jnp.zeros(6) if dh is None else jnp.concatenate([jnp.asarray(dh, float),
+                                                          jnp.zeros(6 - len(dh))])  # fmt: skip
+    as_f = lambda v: jnp.asarray(v, float)  # noqa: E731
+    x, info, (gq, gb, gh), t = _probe(as_f(Q), as_f(q), A, b, G, h_pad, as_f(c), as_f(dq), dh)
+    m = 0 if h is None else len(h)
+    return x, info, (gq, gb, gh[:m]), t
 
 
 # The issue's two-variable problem: exact answer (0.25, 0.75) while x₁ ≤ 0.3 is inactive.
@@ -63,18 +97,18 @@ def test_loose_and_infinite_bounds():
 
 
 def test_infinite_bound_zero_cotangent_every_mode():
-    h = jnp.array([0.3, jnp.inf])
-
-    def f(h):
-        return rootdiff.solve_qp(Q2, q2, A2, b2, G2, h)
-
-    gh = jax.jit(jax.grad(lambda h: f(h) @ jnp.array([1.0, 2.0])))(h)
-    assert np.all(np.isfinite(gh)) and float(gh[1]) == 0.0 and float(gh[0]) == 0.0
-    J = jax.jit(jax.jacfwd(f))(h)
-    assert np.all(np.isfinite(J)) and np.all(np.asarray(J) == 0.0)
-    fq = lambda q: rootdiff.solve_qp(Q2, q, A2, b2, G2, h) @ q  # noqa: E731
-    fd = _fd_grad(lambda q: solve2(Q2, q, A2, b2, G2, h)[0] @ q, q2)
-    np.testing.assert_allclose(jax.jit(jax.grad(fq))(q2), fd, atol=1e-7)
+    # x₁ ≤ 0.3 inactive, x₂ ≤ inf absent: zero cotangents (reverse) and zero tangents
+    # (forward) w.r.t. h; w.r.t. q the gradient matches central differences.
+    h, c = jnp.array([0.3, jnp.inf]), jnp.array([1.0, 2.0])
+    x, info, (gq, _, gh), t = probe(Q2, q2, A2, b2, G2, h, c=c, dh=[1.0, -2.0])
+    np.testing.assert_allclose(x, [0.25, 0.75], atol=1e-10)
+    assert np.all(np.asarray(gh) == 0.0) and np.all(np.asarray(t) == 0.0)
+    fd = _fd_grad(lambda q: solve2(Q2, q, A2, b2, G2, h)[0] @ c, q2)
+    np.testing.assert_allclose(gq, fd, atol=1e-7)
+    # forward mode w.r.t. q: J_q e₁ = −(K⁻¹)[:2, 0] (equality-constrained answer)
+    K = jnp.block([[Q2, A2.T], [A2, jnp.zeros((1, 1))]])
+    _, _, _, t = probe(Q2, q2, A2, b2, G2, h, dq=[1.0, 0.0])
+    np.testing.assert_allclose(t, -jnp.linalg.inv(K)[:2, 0], atol=1e-9)
 
 
 def test_qpax_issue_qptest_with_inf_in_h():
@@ -83,26 +117,25 @@ def test_qpax_issue_qptest_with_inf_in_h():
     q = jnp.array([1.5, -2.0])
     G = jnp.array([[-1.0, 2.0], [-2.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     h = jnp.array([6.0, -2.0, 20.0, jnp.inf, 0.0, 0.0])
-    x, info = solve2(Q, q, None, None, G, h)
+    x, info, (_, _, g), _ = probe(Q, q, None, None, G, h, c=jnp.ones(2))
     np.testing.assert_allclose(x, [0.7625, 0.4750], atol=1e-10)
     assert int(info.status) == S.SOLVED
-    g = jax.jit(jax.grad(lambda h: rootdiff.solve_qp(Q, q, None, None, G, h).sum()))(h)
     assert np.all(np.isfinite(g)) and float(g[3]) == 0.0
 
 
 def test_tiny_data_is_scaled_not_lost():
     s = 1e-8
     h = jnp.array([0.3, 1.0]) * s
-    # (an eager call with the default options: it shares the compiled solve of the
-    # qpax-style call below)
-    x, info = rootdiff.solve_qp(Q2, q2 * s, A2, b2 * s, G2, h, return_info=True)
-    np.testing.assert_allclose(x / s, [0.25, 0.75], atol=1e-8)
-    assert int(info.status) == S.SOLVED
-    # dx/dq of the equality-constrained problem: −P Q⁻¹-like closed form via a KKT solve
+    # dx/dq of the equality-constrained problem (x₁ ≤ 0.3 s inactive): −(K⁻¹)[:2, :2]
     K = jnp.block([[Q2, A2.T], [A2, jnp.zeros((1, 1))]])
     dxdq = -jnp.linalg.inv(K)[:2, :2]
-    J = jax.jit(jax.jacobian(lambda q: rootdiff.solve_qp(Q2, q, A2, b2 * s, G2, h)))(q2 * s)
-    np.testing.assert_allclose(J, dxdq, atol=1e-8)
+    for k in range(2):
+        e = jnp.eye(2)[k]
+        x, info, (gq, _, _), t = probe(Q2, q2 * s, A2, b2 * s, G2, h, c=e, dq=e)
+        np.testing.assert_allclose(x / s, [0.25, 0.75], atol=1e-8)
+        assert int(info.status) == S.SOLVED
+        np.testing.assert_allclose(t, dxdq[:, k], atol=1e-8)  # forward: column k
+        np.testing.assert_allclose(gq, dxdq[k], atol=1e-8)  # reverse: row k
 
 
 def test_non_convex_is_reported():
@@ -118,16 +151,18 @@ def test_equality_only_singular_but_solvable():
     # dx₁/dt = ½ (a change of one copy alone has no derivative: finite is all we ask)
     A, b = jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 1.0])
 
+    @jax.jit
     def eq(Q, q, A, b):
-        return rootdiff.solve_qp(Q, q, A, b, None, None, return_info=True)
+        # (no inequality rows at all: their absence is what used to fail)
+        x, info = rootdiff.solve_qp(Q, q, A, b, None, None, return_info=True)
+        # dx/db does not exist (the copies can be changed apart): reported, here silenced
+        eq_off = lambda b: rootdiff.solve_qp(Q, q, A, b, None, None, check="off")  # noqa: E731
+        return x, info, jax.grad(lambda b: eq_off(b)[0])(b)
 
-    x, info = jax.jit(eq)(jnp.eye(2), q2, A, b)
+    x, info, g = eq(jnp.eye(2), q2, A, b)
     assert int(info.status) == S.SOLVED
     assert int(info.derivative) == S.DEPENDENT_CONSTRAINTS
     np.testing.assert_allclose(x, [0.5, 0.5], atol=1e-9)
-    # dx/db does not exist (the copies can be changed apart): reported, here silenced
-    eq_off = lambda b: rootdiff.solve_qp(jnp.eye(2), q2, A, b, None, None, check="off")  # noqa: E731
-    g = jax.jit(jax.grad(lambda b: eq_off(b)[0]))(b)
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g.sum(), 0.5, atol=1e-8)
     # singular Q with q in its range: min ½(x₁ + x₂)² − 2(x₁ + x₂) s.t. x₁ = x₂ → (1, 1)
@@ -158,31 +193,33 @@ def test_every_status_on_constructed_problems():
 
 
 def test_unbounded_warning_is_informative():
+    # min −x₂ s.t. x₁ ≤ 0 (and 0ᵀx = 0: the shapes of the qpax-style call below)
     with pytest.warns(rootdiff.ConvergenceWarning) as rec:
-        rootdiff.solve_qp(jnp.zeros((2, 2)), jnp.array([0.0, -1.0]), None, None,
-                          jnp.array([[1.0, 0.0]]), jnp.array([0.0]))  # fmt: skip
+        jax.block_until_ready(solve_jit(jnp.zeros((2, 2)), jnp.array([0.0, -1.0]), jnp.zeros(2),
+                                        jnp.zeros(1), jnp.array([1.0, 0.0]), jnp.array(0.0),
+                                        tol=0.0, atol=1e-9, return_info=True))  # fmt: skip
     msg = str(rec[0].message)
     assert "unbounded" in msg and "residual 0.000e+00" not in msg
 
 
 def test_check_nan_poisons_value():
-    G = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
-    h = jnp.array([0.0, -1.0])
-    x = rootdiff.solve_qp(jnp.eye(2), q2, None, None, G, h, check="nan")
-    assert np.all(np.isnan(x))
+    # x₁ ≤ 0 and x₁ ≥ 1 (a third, absent row: the shapes of _flagged_derivatives)
+    G = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    h = jnp.array([0.0, -1.0, jnp.inf])
+    with pytest.warns(rootdiff.ConvergenceWarning):
+        out = jax.block_until_ready(_flagged_derivatives(jnp.eye(2), q2, G, h))
+    assert np.isnan(out[4])  # x₁ under check="nan"
 
 
 def test_qpax_style_calls_and_messages():
-    # 1-D A and G for one row; None for absent constraints
-    x = rootdiff.solve_qp(Q2, q2, jnp.array([1.0, 1.0]), jnp.array([1.0]), jnp.array([1.0, 0.0]),
-                          jnp.array(0.3))  # fmt: skip
-    np.testing.assert_allclose(x, [0.25, 0.75], atol=1e-10)
     with pytest.raises(ValueError, match=r"Q has shape \(2, 2\).*q of shape \(3,\)"):
         rootdiff.solve_qp(Q2, jnp.ones(3), None, None, None, None)
-    # jax.jit of the function itself, with the info, at qpax's absolute tolerance
-    x, info = jax.jit(rootdiff.solve_qp)(
-        Q2, q2, A2, b2, G2, jnp.array([0.3, 1.0]), tol=0.0, atol=1e-9, return_info=True
-    )
+    # jax.jit of the function itself, with the info, at qpax's absolute tolerance, with
+    # 1-D A and G for one row (qpax's style)
+    x, info = solve_jit(
+        Q2, q2, jnp.array([1.0, 1.0]), b2, jnp.array([1.0, 0.0]), jnp.array(0.3),
+        tol=0.0, atol=1e-9, return_info=True,
+    )  # fmt: skip
     assert int(info.status) == S.SOLVED
     np.testing.assert_allclose(x, [0.25, 0.75], atol=1e-10)
     assert max(float(info.primal_residual), float(info.dual_residual), float(info.gap)) <= 1e-9
@@ -191,23 +228,34 @@ def test_qpax_style_calls_and_messages():
 def test_elastic_mode_feasible_and_infeasible_with_derivatives():
     G = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
     h_ok, h_bad = jnp.array([0.5, 0.0]), jnp.array([0.0, -1.0])
-    Q, q = jnp.eye(2), jnp.array([-1.0, -1.0])
-    el = lambda h, lam: rootdiff.solve_qp(Q, q, None, None, G, h, elastic=lam)  # noqa: E731
+    Q, q, w = jnp.eye(2), jnp.array([-1.0, -1.0]), jnp.array([1.0, 3.0])
+
+    @jax.jit
+    def elastic(h, lam, dh):
+        # the answer, ∇(wᵀx) w.r.t. (h, λ) and the tangent of x along dh: one program
+        el = lambda h, lam: rootdiff.solve_qp(Q, q, None, None, G, h, elastic=lam)  # noqa: E731
+        x, t = jax.jvp(lambda h: el(h, lam), (h,), (dh,))
+        return x, jax.grad(lambda h, lam: el(h, lam) @ w, argnums=(0, 1))(h, lam), t
+
+    dh = jnp.array([1.0, -0.5])
     # feasible, λ above the multipliers: the QP's own answer
-    np.testing.assert_allclose(el(h_ok, 10.0), [0.5, 1.0], atol=1e-9)
+    np.testing.assert_allclose(elastic(h_ok, 10.0, dh)[0], [0.5, 1.0], atol=1e-9)
     # infeasible: x₁ ≤ 0 and x₁ ≥ 1 → minimise ½x₁² − x₁ + λ(x₁₊ + (1 − x₁)₊): x₁ = 1 (λ=2)
-    x = el(h_bad, 2.0)
-    np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-8)
-    # derivatives (grad, jacfwd) against finite differences, w.r.t. h and λ
-    loss = lambda h, lam: el(h, lam) @ jnp.array([1.0, 3.0])  # noqa: E731
-    h_mid = jnp.array([0.0, -0.5])  # infeasible, kink-free
-    for lam in (0.3,):
-        g = jax.jit(jax.grad(loss, argnums=(0, 1)))(h_mid, lam)
-        np.testing.assert_allclose(g[0], _fd_grad(lambda h: loss(h, lam), h_mid), atol=1e-6)
-        gl = _fd_grad(lambda l_: loss(h_mid, l_), jnp.array(lam))
-        np.testing.assert_allclose(g[1], gl, atol=1e-6)
-        J = jax.jit(jax.jacfwd(lambda h: el(h, lam)))(h_mid)
-        np.testing.assert_allclose(J.T @ jnp.array([1.0, 3.0]), g[0], atol=1e-9)
+    np.testing.assert_allclose(elastic(h_bad, 2.0, dh)[0], [1.0, 1.0], atol=1e-8)
+    # derivatives (reverse, forward) against finite differences, w.r.t. h and λ
+    h_mid, lam = jnp.array([0.0, -0.5]), 0.3  # infeasible, kink-free
+    _, g, t = elastic(h_mid, lam, dh)
+    loss = lambda h, l_: elastic(h, l_, dh)[0] @ w  # noqa: E731
+    np.testing.assert_allclose(g[0], _fd_grad(lambda h: loss(h, lam), h_mid), atol=1e-6)
+    np.testing.assert_allclose(
+        g[1], _fd_grad(lambda l_: loss(h_mid, l_), jnp.array(lam)), atol=1e-6
+    )
+    eps = 1e-6
+    fd_t = (elastic(h_mid + eps * dh, lam, dh)[0] - elastic(h_mid - eps * dh, lam, dh)[0]) / (
+        2 * eps
+    )
+    np.testing.assert_allclose(t, fd_t, atol=1e-6)
+    np.testing.assert_allclose(t @ w, g[0] @ dh, atol=1e-9)
 
 
 def test_warm_start_saves_iterations_and_has_zero_derivative():
@@ -218,17 +266,24 @@ def test_warm_start_saves_iterations_and_has_zero_derivative():
     G = jnp.asarray(rng.normal(size=(m, n)))
     h = jnp.asarray(rng.uniform(0.1, 1.0, m))
     q0 = jnp.asarray(rng.normal(size=n))
-    solve = jax.jit(lambda q, init: rootdiff.solve_qp(Q, q, None, None, G, h, init=init,
-                                                       return_info=True))  # fmt: skip
     cold = jax.jit(lambda q: rootdiff.solve_qp(Q, q, None, None, G, h, return_info=True))
+
+    @jax.jit
+    def warm(q, init):
+        # the warm-started answer and the gradient of its sum w.r.t. the initial x
+        def solve(x0):
+            return rootdiff.solve_qp(Q, q, None, None, G, h, init=(x0, init[1]), return_info=True)
+
+        (x, info), g_init = solve(init[0]), jax.grad(lambda x0: solve(x0)[0].sum())(init[0])
+        return x, info, g_init
+
     x, info = cold(q0)
     q1 = q0 + 1e-3
-    xw, iw = solve(q1, (x, info))
+    xw, iw, g_init = warm(q1, (x, info))
     xc, ic = cold(q1)
     np.testing.assert_allclose(xw, xc, atol=1e-9)
     assert int(iw.status) == S.SOLVED
     assert int(iw.iterations) < int(ic.iterations)
-    g_init = jax.jit(jax.grad(lambda x0: solve(q1, (x0, info))[0].sum()))(x)
     assert np.all(np.asarray(g_init) == 0.0)
 
 
@@ -263,23 +318,33 @@ def test_polishing_corrects_a_misidentified_active_set():
 
 
 def test_maros_meszaros_small_solved_and_derivatives_match_fd(name="ZECEVIC2"):
-    # ZECEVIC2 (n = 2, 6 rows: QPTEST's shapes, whose compiled solve it shares); the
-    # benchmark checks the same on all problems with n <= 100.
+    # ZECEVIC2 (n = 2, 6 rows: the shapes of the shared programs); the benchmark checks
+    # the same on all problems with n <= 100.
     pytest.importorskip("scipy.io")
     path = os.path.join(MM_DIR, name + ".mat")
     if not os.path.exists(path):
         pytest.skip("Maros–Meszaros problems not available")
-    from benchmarks.maros_meszaros import grad_check, load, residuals
+    from benchmarks.maros_meszaros import load, residuals
 
-    _, data = load(path)
-    args = tuple(jnp.asarray(v) for v in data)
-    assert args[0].shape == (2, 2) and args[2].shape[0] == 0 and args[4].shape[0] <= 6
-    x, info = solve2(*args)
+    _, (Q, q, A, b, G, h) = load(path)
+    assert Q.shape == (2, 2) and A.shape[0] == 0 and G.shape[0] <= 6
+    rng = np.random.default_rng(0)
+    c, dq, dh = rng.standard_normal(2), rng.standard_normal(2), rng.standard_normal(len(h))
+    x, info, (gq, _, gh), t = probe(Q, q, None, None, G, h, c=c, dq=dq, dh=dh)
     assert int(info.status) == S.SOLVED
-    assert max(residuals(data, x, info.y[:0], info.z[: len(data[5])])) <= 1e-9
-    err, smooth = grad_check(data, args, seed=0)
-    assert smooth
-    assert err <= 1e-6
+    assert max(residuals((Q, q, A, b, G, h), x, info.y[:0], info.z[: len(h)])) <= 1e-9
+    # directional derivative along (dq, dh): forward, reverse and central differences
+    eps = 1e-6
+
+    def at(e):
+        return np.asarray(solve2(Q, q + e * dq, None, None, G, h + e * dh)[0])
+
+    fw, bw = (at(eps) - np.asarray(x)) / eps, (np.asarray(x) - at(-eps)) / eps
+    np.testing.assert_allclose(fw, bw, atol=1e-6)  # smooth: no kink within the step
+    central = (fw + bw) / 2
+    scale = max(np.abs(central).max(), 1.0)
+    assert np.abs(np.asarray(t) - central).max() <= 1e-6 * scale
+    assert abs(float(gq @ dq + gh @ dh) - float(c @ central)) <= 1e-6 * scale * np.abs(c).sum()
 
 
 # A face of minimisers: min x₁ + x₂ s.t. x₁ + x₂ ≥ 1, x ≥ 0 (Q = 0).
@@ -291,10 +356,12 @@ e2 = jnp.zeros((0, 2)), jnp.zeros(0)
 
 @jax.jit
 def _flagged_derivatives(Q, q, G, h):
-    """The answer, ``info.derivative``, ``∇_q x₁`` (check="warn"), ``∇_h x₁`` (check="nan")."""
+    """The answer, ``info.derivative``, ``∇_q x₁`` (check="warn"), ``∇_h x₁`` and ``x₁``
+    (check="nan")."""
     x, info = rootdiff.solve_qp(Q, q, *e2, G, h, return_info=True, check="off")
     x1 = lambda q, h, check: rootdiff.solve_qp(Q, q, *e2, G, h, check=check)[0]  # noqa: E731
-    return x, info.derivative, jax.grad(x1)(q, h, "warn"), jax.grad(x1, argnums=1)(q, h, "nan")
+    x1_nan, g_h = jax.value_and_grad(x1, argnums=1)(q, h, "nan")
+    return x, info.derivative, jax.grad(x1)(q, h, "warn"), g_h, x1_nan
 
 
 def test_derivative_flags_where_no_derivative_exists():
@@ -303,17 +370,17 @@ def test_derivative_flags_where_no_derivative_exists():
         out = jax.block_until_ready(
             _flagged_derivatives(jnp.zeros((2, 2)), jnp.ones(2), G_face, h_face)
         )
-    x, code, _, g_h = out
+    x, code, _, g_h, _ = out
     assert abs(float(x.sum()) - 1.0) < 1e-9 and int(code) == S.NOT_UNIQUE
     assert np.isnan(g_h[0]) and np.all(g_h[1:] == 0.0)  # inactive rows: exactly zero
     # A vertex with three active rows: w.r.t. q the derivative exists (x stays: zero)
     # and is not flagged (a warning would fail the test); w.r.t. h it does not.
     Q, q = jnp.eye(2), jnp.array([-2.0, -2.0])
-    x, code, g_q, g_h = _flagged_derivatives(Q, q, G_dep, h_dep)
+    x, code, g_q, g_h, _ = _flagged_derivatives(Q, q, G_dep, h_dep)
     np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-9)
     assert int(code) == S.DEPENDENT_CONSTRAINTS and np.all(np.isnan(g_h))
     np.testing.assert_allclose(g_q, [0.0, 0.0], atol=1e-12)
     # x₁ + x₂ ≤ 2.5: two active rows, exact derivatives (dx₁/dh₁ = 1)
-    x, code, g_q, g_h = _flagged_derivatives(Q, q, G_dep, h_dep.at[2].set(2.5))
+    x, code, g_q, g_h, _ = _flagged_derivatives(Q, q, G_dep, h_dep.at[2].set(2.5))
     assert int(code) == S.DERIVATIVE_EXACT
     np.testing.assert_allclose(g_h, [1.0, 0.0, 0.0], atol=1e-9)
