@@ -32,11 +32,11 @@ HUGE = 1e20
 _RUIZ = 10
 #: Fraction of the step to the boundary of ``s, z ≥ 0`` that is taken.
 _TAU = 0.995
-#: Refinement steps of the corrector.
-_REFINE = 2
+#: Refinement rounds of the corrector that are always taken.
+_REFINE = 1
 #: Most further refinement rounds of the corrector, taken only while the residual is
 #: above its floor and still falls (see ``newton`` in :func:`ipm`).
-_MORE = 7
+_MORE = 8
 #: Scaled stopping tolerance when only an absolute one is asked for (float32, float64).
 SCALED_TOL = (1e-5, 1e-10)
 
@@ -207,8 +207,19 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratio, initial=jnp.inf))
 
 
+class Products(NamedTuple):
+    """``Q̂x, Âᵀy, Ĝᵀz, Âx, Ĝx`` of an iterate (scaled data)."""
+
+    Qx: jax.Array
+    ATy: jax.Array
+    GTz: jax.Array
+    Ax: jax.Array
+    Gx: jax.Array
+
+
 class _State(NamedTuple):
     it: Iterate
+    products: Products
     best: Iterate
     merit: jax.Array
     k: jax.Array
@@ -241,7 +252,13 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         u = unscale(it, sc, absent)
         return merit(Q, q, A, b, G, h, absent, u.x, u.y, u.z, tol, atol)[0]
 
-    def scaled_done(it):
+    def products(it):
+        # The matrix-vector products of an iterate, computed once and shared by the
+        # stopping tests, the certificates and the next Newton step's residuals.
+        x, y, z, _ = it
+        return Products(Qs @ x, As.T @ y, Gs.T @ z, As @ x, Gs @ x)
+
+    def scaled_done(it, pr):
         # The honest rule is relative, so it cannot accept any iterate when a scale
         # vanishes at the answer (NNLS with x* = 0, h = 0: the gap |qᵀx| is its own
         # scale however small x gets). The equilibrated data give the missing
@@ -249,17 +266,18 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         # tol, the active set is identified and polishing finishes the job (its
         # answer is judged by the honest rule again in rootdiff.solvers.qp).
         x, y, z, s = it
-        Qx = Qs @ x
-        rd = Qx + qs + As.T @ y + Gs.T @ z
-        sc_d = 1.0 + max_of(inf_norm(Qx), inf_norm(qs), inf_norm(As.T @ y), inf_norm(Gs.T @ z))
-        Ax, Gx = As @ x, Gs @ x
-        rp = jnp.maximum(inf_norm(Ax - bs), inf_norm(Gx + s - hs))
-        sc_p = 1.0 + max_of(inf_norm(Ax), inf_norm(bs), inf_norm(Gx), inf_norm(s), inf_norm(hs))
-        sc_g = 1.0 + max_of(*map(jnp.abs, [x @ Qx, qs @ x, bs @ y, hs @ z]))
+        rd = pr.Qx + qs + pr.ATy + pr.GTz
+        sc_d = 1.0 + max_of(inf_norm(pr.Qx), inf_norm(qs), inf_norm(pr.ATy), inf_norm(pr.GTz))
+        rp = jnp.maximum(inf_norm(pr.Ax - bs), inf_norm(pr.Gx + s - hs))
+        sc_p = 1.0 + max_of(
+            inf_norm(pr.Ax), inf_norm(bs), inf_norm(pr.Gx), inf_norm(s), inf_norm(hs)
+        )
+        sc_g = 1.0 + max_of(*map(jnp.abs, [x @ pr.Qx, qs @ x, bs @ y, hs @ z]))
         gap = jnp.dot(s, z)
         return (inf_norm(rd) <= tol_s * sc_d) & (rp <= tol_s * sc_p) & (gap <= tol_s * sc_g)
 
     def classify(it, best, best_merit, k):
+        pr = products(it)
         value = measure(it)
         improved = value < best_merit
         best = jax.tree.map(lambda a, b_: jnp.where(improved, a, b_), it, best)
@@ -268,21 +286,20 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         # primal (Farkas) — z ≥ 0, Âᵀy + Ĝᵀz ≈ 0, b̂ᵀy + ĥᵀz < 0;
         # dual — Q̂x ≈ 0, Âx ≈ b̂-bounded, Ĝx ≤ ĥ-bounded, q̂ᵀx < 0.
         t_p = -(jnp.dot(bs, it.y) + jnp.dot(hs, it.z))
-        p_inf = (t_p > 0) & (inf_norm(As.T @ it.y + Gs.T @ it.z) <= eps_inf * t_p)
+        p_inf = (t_p > 0) & (inf_norm(pr.ATy + pr.GTz) <= eps_inf * t_p)
         t_d = -jnp.dot(qs, it.x)
-        Gx_pos = jnp.max(jnp.maximum(Gs @ it.x, 0.0), initial=0.0)
+        Gx_pos = jnp.max(jnp.maximum(pr.Gx, 0.0), initial=0.0)
         d_inf = (t_d > 0) & (
-            jnp.maximum(jnp.maximum(inf_norm(Qs @ it.x), inf_norm(As @ it.x)), Gx_pos)
-            <= eps_inf * t_d
+            jnp.maximum(jnp.maximum(inf_norm(pr.Qx), inf_norm(pr.Ax)), Gx_pos) <= eps_inf * t_d
         )
         finite = jnp.all(jnp.isfinite(it.x)) & jnp.all(jnp.isfinite(it.z))
         status = first_true(
             [~convex, best_merit <= 1.0, jnp.any(infeasible_row) | p_inf, d_inf,
-             finite & scaled_done(it), finite & (k < maxiter)],
+             finite & scaled_done(it, pr), finite & (k < maxiter)],
             [NON_CONVEX, SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, INACCURATE, -1],
             MAX_ITERATIONS,
         )  # fmt: skip
-        return _State(it, best, best_merit, k, status)
+        return _State(it, pr, best, best_merit, k, status)
 
     # Initial point: x from min ½xᵀQx + qᵀx + ½‖Gx − h_c‖² s.t. Ax = b (h clipped so
     # that loose bounds do not pull it away), then s, z > 0 with s ⊙ z ≥ 1.
@@ -315,8 +332,9 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
 
     def body(state):
         x, y, z, s = state.it
-        rd = Qs @ x + qs + As.T @ y + Gs.T @ z
-        rpe, rpi = As @ x - bs, Gs @ x + s - hs
+        pr = state.products
+        rd = pr.Qx + qs + pr.ATy + pr.GTz
+        rpe, rpi = pr.Ax - bs, pr.Gx + s - hs
         red = _kkt.Reduced(Qs, As, Gs, s / z, reg)
         mv = matvec(z, s)
 
@@ -330,15 +348,15 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
                 # falls by 10 %: near the end, with dependent active rows, each round
                 # removes only part of the regularisation's error, and an inexact
                 # direction stalls the dual residual. The loop tests the residual before
-                # its first round, so a well-conditioned system (the residual already
-                # below `floor`) costs one matvec and no further solve.
+                # its first round, so a well-conditioned system (one round brings the
+                # residual below `floor`) costs one matvec and no further solve.
                 floor = float(jnp.finfo(dtype).eps) ** 0.75 * max_of(*map(inf_norm, rhs))
                 d = _kkt.improve(red.apply_inverse, mv, rhs, d, more, shrink=0.9, floor=floor)
             dx, dy, dz = d
             return dx, dy, dz, (-r4 - s * dz) / z
 
         if m == 0:
-            dx, dy, dz, ds = newton(s * z, _REFINE)
+            dx, dy, dz, ds = newton(s * z, _REFINE, _MORE)
         else:
             mu = jnp.dot(s, z) / m
             _, _, dz, ds = newton(s * z, 0)  # predictor (affine scaling)
