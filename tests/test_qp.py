@@ -468,3 +468,21 @@ def test_interior_point_iteration_computes_each_residual_product_once():
     # Newton solves, the refinement's exact matvecs, ĜᵀWĜ and the unscaled merit.
     # Recomputing them for each test and for the next step gave 24.
     assert _while_body_products(n=20, p=2, m=30) <= 19
+
+
+def test_float32_data_with_x64_enabled():
+    # float32 inputs while x64 is on (as in a float64 program that holds some float32
+    # data): the answer, its derivative and every internal solve stay in float32.
+    # min ½‖x‖² − cᵀx s.t. x ≤ u: x = min(c, u), ∂Σx/∂u = 1 where c > u.
+    c = jnp.array([1.0, -2.0, 3.0], jnp.float32)
+    u = jnp.array([0.5, 0.0, 4.0], jnp.float32)
+    G = jnp.eye(3, dtype=jnp.float32)
+    Q, A, b = G, jnp.zeros((0, 3), jnp.float32), jnp.zeros(0, jnp.float32)
+
+    def f(u):
+        return jnp.sum(rootdiff.solve_qp(Q, -c, A, b, G, u))
+
+    val, g = jax.jit(jax.value_and_grad(f))(u)
+    assert val.dtype == g.dtype == jnp.float32
+    np.testing.assert_allclose(val, 0.5 - 2.0 + 3.0, atol=1e-5)
+    np.testing.assert_allclose(g, [1.0, 0.0, 0.0], atol=1e-4)
