@@ -32,11 +32,13 @@ HUGE = 1e20
 _RUIZ = 10
 #: Fraction of the step to the boundary of ``s, z ≥ 0`` that is taken.
 _TAU = 0.995
-#: Refinement rounds of the corrector that are always taken.
-_REFINE = 1
+#: Refinement steps of the corrector. (One forced round with the loop of further
+#: rounds doing the second only when the residual asks is faster, but QBEACONF then
+#: stalls at the iteration limit: the second round must not depend on the floor test.)
+_REFINE = 2
 #: Most further refinement rounds of the corrector, taken only while the residual is
 #: above its floor and still falls (see ``newton`` in :func:`ipm`).
-_MORE = 8
+_MORE = 7
 #: Scaled stopping tolerance when only an absolute one is asked for (float32, float64).
 SCALED_TOL = (1e-5, 1e-10)
 
@@ -348,15 +350,15 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
                 # falls by 10 %: near the end, with dependent active rows, each round
                 # removes only part of the regularisation's error, and an inexact
                 # direction stalls the dual residual. The loop tests the residual before
-                # its first round, so a well-conditioned system (one round brings the
-                # residual below `floor`) costs one matvec and no further solve.
+                # its first round, so a well-conditioned system (the residual already
+                # below `floor`) costs one matvec and no further solve.
                 floor = float(jnp.finfo(dtype).eps) ** 0.75 * max_of(*map(inf_norm, rhs))
                 d = _kkt.improve(red.apply_inverse, mv, rhs, d, more, shrink=0.9, floor=floor)
             dx, dy, dz = d
             return dx, dy, dz, (-r4 - s * dz) / z
 
         if m == 0:
-            dx, dy, dz, ds = newton(s * z, _REFINE, _MORE)
+            dx, dy, dz, ds = newton(s * z, _REFINE)
         else:
             mu = jnp.dot(s, z) / m
             _, _, dz, ds = newton(s * z, 0)  # predictor (affine scaling)
