@@ -1,10 +1,13 @@
 r"""Batched QPs: ``jit(vmap(value_and_grad(loss)))`` through a QP solver (seed 000).
 
 ``min ½xᵀQx + qᵀx`` s.t. ``Ax = b``, ``Gx ≤ h``; per-problem loss ``‖x* − 1‖²``,
-gradient with respect to all six arguments (qpax's argument order). Two batches:
+gradient with respect to all six arguments (qpax's argument order). Three batches:
 
 * seed 000: 256 non-negative least-squares problems (5 variables, 10 rows);
-* 64 QPs with 50 variables, 10 equalities and 100 inequalities.
+* 64 QPs with 50 variables, 10 equalities and 100 inequalities;
+* qpax's own benchmark configuration (its ``benchmarks/benchmark_batch_forward_backward.py``:
+  32 variables, 64 inequalities, random strictly feasible problems), batch 1 … 512,
+  float64 and float32 (generated here with the same distributions).
 
 Every implementation receives the symmetrised ``(Q + Qᵀ)/2`` inside the loss, so
 all report the same (symmetric) ``∂Q``.
@@ -60,6 +63,18 @@ def general_batch(n_qps: int = 64, n: int = 50, p: int = 10, m: int = 100, seed:
     b = np.einsum("bij,bj->bi", A, x_feas)
     h = np.einsum("bij,bj->bi", G, x_feas) + rng.uniform(0.1, 1.0, (n_qps, m))
     return Q, q, A, b, G, h
+
+
+def qpax_batch(n_qps: int = 64, n: int = 32, m: int = 64, seed: int = 7, dtype=np.float64):
+    """qpax's benchmark problems: ``Q = I``, ``q ~ −N(0, 1)``, ``G ~ U[−4, 4]``,
+    ``h = G x₀ + U[0.5, 1.5]`` with ``x₀ = ½·1`` (strictly feasible), no equalities."""
+    rng = np.random.default_rng(seed)
+    Q = np.broadcast_to(np.eye(n), (n_qps, n, n)).copy()
+    q = -rng.standard_normal((n_qps, n))
+    G = rng.uniform(-4.0, 4.0, (n_qps, m, n))
+    h = np.einsum("bij,bj->bi", G, np.full((n_qps, n), 0.5)) + rng.uniform(0.5, 1.5, (n_qps, m))
+    A, b = np.zeros((n_qps, 0, n)), np.zeros((n_qps, 0))
+    return tuple(np.asarray(v, dtype) for v in (Q, q, A, b, G, h))
 
 
 # --------------------------------------------------------------------------- reference
@@ -189,16 +204,20 @@ def implementations(p: int) -> dict:
     return impls
 
 
-def _run_batch(name, data, quick):
+def _run_batch(name, data, quick, only=None):
     p = data[2].shape[1]
-    try:
-        g_ref, worst_fd, n_bad = reference_batch(data)
+    float64 = data[1].dtype == np.float64
+    try:  # the reference is computed in float64 from the same (possibly float32) data
+        g_ref, worst_fd, n_bad = reference_batch(tuple(np.asarray(v, np.float64) for v in data))
         ref_note = f"ref FD-check {worst_fd:.0e}" + (f", {n_bad} degenerate" if n_bad else "")
     except ImportError:
         g_ref, ref_note = None, "no reference (qpax missing)"
+    impls = implementations(p)
+    if only is not None:
+        impls = {k: v for k, v in impls.items() if any(key in k for key in only)}
     return bench_all(
-        name, implementations(p), tuple(map(jnp.asarray, data)), g_ref, quick=quick,
-        repeats=5 if quick else 9, note_rootdiff=ref_note,
+        name, impls, tuple(map(jnp.asarray, data)), g_ref, quick=quick,
+        repeats=5 if quick else 9, note_rootdiff=ref_note, float64=float64,
         differentiate=lambda loss: jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))),
     )  # fmt: skip
 
@@ -245,7 +264,24 @@ def warm_start_sequence(steps: int = 20, n: int = 20, m: int = 40, drift: float 
     return its_cold, its_warm, diff
 
 
-WORKLOADS = {"qp_nnls": run_nnls, "qp_general": run_general}
+def run_qpax_config(quick: bool = False) -> list[Row]:
+    """qpax's benchmark configuration (n = 32, m = 64), rootdiff vs qpax's default.
+
+    Full mode: batch 1, 8, 64 and 512 in float64 and float32; ``--quick``: batch 16
+    in float64 only (the test suite's smoke run).
+    """
+    rows = []
+    cases = [(16, np.float64)] if quick else [
+        (bs, dt) for dt in (np.float64, np.float32) for bs in (1, 8, 64, 512)
+    ]  # fmt: skip
+    for n_qps, dtype in cases:
+        name = f"batched QP: qpax's benchmark, {n_qps} x (n=32, m=64), {np.dtype(dtype).name}"
+        rows += _run_batch(name, qpax_batch(n_qps, dtype=dtype), quick,
+                           only=("rootdiff", "backend='e'"))  # fmt: skip
+    return rows
+
+
+WORKLOADS = {"qp_nnls": run_nnls, "qp_general": run_general, "qp_qpax_config": run_qpax_config}
 
 if __name__ == "__main__":
     from benchmarks._common import format_table
@@ -256,4 +292,4 @@ if __name__ == "__main__":
         print(f"cold iterations {c} (total {sum(c)})\nwarm iterations {w} (total {sum(w)})")
         print(f"largest |x_warm - x_cold| = {d:.1e}")
     else:
-        print(format_table(run_nnls(q) + run_general(q)))
+        print(format_table(run_nnls(q) + run_general(q) + run_qpax_config(q)))

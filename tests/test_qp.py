@@ -428,3 +428,61 @@ def test_corrector_extra_rounds_run_only_when_the_residual_asks():
     err = np.abs(np.asarray(refined[0] - exact[0])).max()
     assert err <= 0.5**8 * np.abs(np.asarray(exact[0])).max() * 1.01
     assert err > 0  # at most 7 rounds were taken
+
+
+# --- ipmfast
+
+
+def _while_body_products(n, p, m):
+    """Matrix–vector products with ``Ĝ`` (``(m, n)`` operands) in the interior-point loop's
+    body, counted in its jaxpr (every traced call site once, nested loops included)."""
+    import jax.extend
+
+    from rootdiff.solvers import _ipm
+
+    rng = np.random.default_rng(0)
+    Q = jnp.eye(n)
+    q, A, b = jnp.asarray(rng.standard_normal(n)), jnp.ones((p, n)), jnp.ones(p)
+    G, h = jnp.asarray(rng.standard_normal((m, n))), jnp.ones(m)
+    jaxpr = jax.make_jaxpr(lambda *d: _ipm.ipm(*d, tol=1e-10, atol=0.0, maxiter=20))(
+        Q, q, A, b, G, h
+    )
+    loops = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "while"]
+    body = max(loops, key=lambda e: len(e.params["body_jaxpr"].jaxpr.eqns))
+
+    def count(jx):
+        k = sum(
+            e.primitive.name == "dot_general"
+            and any(getattr(v.aval, "shape", None) in ((m, n), (n, m)) for v in e.invars)
+            for e in jx.eqns
+        )
+        return k + sum(count(sub) for sub in jax.extend.core.subjaxprs(jx))
+
+    return count(body.params["body_jaxpr"].jaxpr)
+
+
+def test_interior_point_iteration_computes_each_residual_product_once():
+    # The products Ĝx and Ĝᵀz of a new iterate (and Q̂x, Âx, Âᵀy) are computed once
+    # and shared by the honest and scaled stopping tests, the infeasibility
+    # certificates and the next Newton step's residuals; the rest of the count is the
+    # Newton solves, the refinement's exact matvecs, ĜᵀWĜ and the unscaled merit.
+    # Recomputing them for each test and for the next step gave 24.
+    assert _while_body_products(n=20, p=2, m=30) <= 19
+
+
+def test_float32_data_with_x64_enabled():
+    # float32 inputs while x64 is on (as in a float64 program that holds some float32
+    # data): the answer, its derivative and every internal solve stay in float32.
+    # min ½‖x‖² − cᵀx s.t. x ≤ u: x = min(c, u), ∂Σx/∂u = 1 where c > u.
+    c = jnp.array([1.0, -2.0, 3.0], jnp.float32)
+    u = jnp.array([0.5, 0.0, 4.0], jnp.float32)
+    G = jnp.eye(3, dtype=jnp.float32)
+    Q, A, b = G, jnp.zeros((0, 3), jnp.float32), jnp.zeros(0, jnp.float32)
+
+    def f(u):
+        return jnp.sum(rootdiff.solve_qp(Q, -c, A, b, G, u))
+
+    val, g = jax.jit(jax.value_and_grad(f))(u)
+    assert val.dtype == g.dtype == jnp.float32
+    np.testing.assert_allclose(val, 0.5 - 2.0 + 3.0, atol=1e-5)
+    np.testing.assert_allclose(g, [1.0, 0.0, 0.0], atol=1e-4)

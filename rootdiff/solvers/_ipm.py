@@ -32,7 +32,9 @@ HUGE = 1e20
 _RUIZ = 10
 #: Fraction of the step to the boundary of ``s, z ≥ 0`` that is taken.
 _TAU = 0.995
-#: Refinement steps of the corrector.
+#: Refinement steps of the corrector. (One forced round with the loop of further
+#: rounds doing the second only when the residual asks is faster, but QBEACONF then
+#: stalls at the iteration limit: the second round must not depend on the floor test.)
 _REFINE = 2
 #: Most further refinement rounds of the corrector, taken only while the residual is
 #: above its floor and still falls (see ``newton`` in :func:`ipm`).
@@ -225,8 +227,19 @@ def _max_step(v, dv):
     return jnp.minimum(1.0, jnp.min(ratio, initial=jnp.inf))
 
 
+class Products(NamedTuple):
+    """``Q̂x, Âᵀy, Ĝᵀz, Âx, Ĝx`` of an iterate (scaled data)."""
+
+    Qx: jax.Array
+    ATy: jax.Array
+    GTz: jax.Array
+    Ax: jax.Array
+    Gx: jax.Array
+
+
 class _State(NamedTuple):
     it: Iterate
+    products: Products
     best: Iterate
     merit: jax.Array
     k: jax.Array
@@ -259,7 +272,13 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         u = unscale(it, sc, absent)
         return merit(Q, q, A, b, G, h, absent, u.x, u.y, u.z, tol, atol)[0]
 
-    def scaled_done(it):
+    def products(it):
+        # The matrix-vector products of an iterate, computed once and shared by the
+        # stopping tests, the certificates and the next Newton step's residuals.
+        x, y, z, _ = it
+        return Products(Qs @ x, As.T @ y, Gs.T @ z, As @ x, Gs @ x)
+
+    def scaled_done(it, pr):
         # The honest rule is relative, so it cannot accept any iterate when a scale
         # vanishes at the answer (NNLS with x* = 0, h = 0: the gap |qᵀx| is its own
         # scale however small x gets). The equilibrated data give the missing
@@ -267,17 +286,18 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         # tol, the active set is identified and polishing finishes the job (its
         # answer is judged by the honest rule again in rootdiff.solvers.qp).
         x, y, z, s = it
-        Qx = Qs @ x
-        rd = Qx + qs + As.T @ y + Gs.T @ z
-        sc_d = 1.0 + max_of(inf_norm(Qx), inf_norm(qs), inf_norm(As.T @ y), inf_norm(Gs.T @ z))
-        Ax, Gx = As @ x, Gs @ x
-        rp = jnp.maximum(inf_norm(Ax - bs), inf_norm(Gx + s - hs))
-        sc_p = 1.0 + max_of(inf_norm(Ax), inf_norm(bs), inf_norm(Gx), inf_norm(s), inf_norm(hs))
-        sc_g = 1.0 + max_of(*map(jnp.abs, [x @ Qx, qs @ x, bs @ y, hs @ z]))
+        rd = pr.Qx + qs + pr.ATy + pr.GTz
+        sc_d = 1.0 + max_of(inf_norm(pr.Qx), inf_norm(qs), inf_norm(pr.ATy), inf_norm(pr.GTz))
+        rp = jnp.maximum(inf_norm(pr.Ax - bs), inf_norm(pr.Gx + s - hs))
+        sc_p = 1.0 + max_of(
+            inf_norm(pr.Ax), inf_norm(bs), inf_norm(pr.Gx), inf_norm(s), inf_norm(hs)
+        )
+        sc_g = 1.0 + max_of(*map(jnp.abs, [x @ pr.Qx, qs @ x, bs @ y, hs @ z]))
         gap = jnp.dot(s, z)
         return (inf_norm(rd) <= tol_s * sc_d) & (rp <= tol_s * sc_p) & (gap <= tol_s * sc_g)
 
     def classify(it, best, best_merit, k):
+        pr = products(it)
         value = measure(it)
         improved = value < best_merit
         # Still converging by the honest rule: the scaled stop waits (an absolute
@@ -289,21 +309,20 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         # primal (Farkas) — z ≥ 0, Âᵀy + Ĝᵀz ≈ 0, b̂ᵀy + ĥᵀz < 0;
         # dual — Q̂x ≈ 0, Âx ≈ b̂-bounded, Ĝx ≤ ĥ-bounded, q̂ᵀx < 0.
         t_p = -(jnp.dot(bs, it.y) + jnp.dot(hs, it.z))
-        p_inf = (t_p > 0) & (inf_norm(As.T @ it.y + Gs.T @ it.z) <= eps_inf * t_p)
+        p_inf = (t_p > 0) & (inf_norm(pr.ATy + pr.GTz) <= eps_inf * t_p)
         t_d = -jnp.dot(qs, it.x)
-        Gx_pos = jnp.max(jnp.maximum(Gs @ it.x, 0.0), initial=0.0)
+        Gx_pos = jnp.max(jnp.maximum(pr.Gx, 0.0), initial=0.0)
         d_inf = (t_d > 0) & (
-            jnp.maximum(jnp.maximum(inf_norm(Qs @ it.x), inf_norm(As @ it.x)), Gx_pos)
-            <= eps_inf * t_d
+            jnp.maximum(jnp.maximum(inf_norm(pr.Qx), inf_norm(pr.Ax)), Gx_pos) <= eps_inf * t_d
         )
         finite = jnp.all(jnp.isfinite(it.x)) & jnp.all(jnp.isfinite(it.z))
         status = first_true(
             [~convex, best_merit <= 1.0, jnp.any(infeasible_row) | p_inf, d_inf,
-             finite & scaled_done(it) & ~halving, finite & (k < maxiter)],
+             finite & scaled_done(it, pr) & ~halving, finite & (k < maxiter)],
             [NON_CONVEX, SOLVED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE, INACCURATE, -1],
             MAX_ITERATIONS,
         )  # fmt: skip
-        return _State(it, best, best_merit, k, status)
+        return _State(it, pr, best, best_merit, k, status)
 
     # Initial point: x from min ½xᵀQx + qᵀx + ½‖Gx − h_c‖² s.t. Ax = b (h clipped so
     # that loose bounds do not pull it away), then s = h − Gx shifted into the interior
@@ -342,8 +361,9 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
 
     def body(state):
         x, y, z, s = state.it
-        rd = Qs @ x + qs + As.T @ y + Gs.T @ z
-        rpe, rpi = As @ x - bs, Gs @ x + s - hs
+        pr = state.products
+        rd = pr.Qx + qs + pr.ATy + pr.GTz
+        rpe, rpi = pr.Ax - bs, pr.Gx + s - hs
         red = _kkt.Reduced(Qs, As, Gs, s / z, reg)
         mv = matvec(z, s)
 

@@ -121,7 +121,9 @@ class Reduced:
     def __init__(self, Q, A, G, d, reg):
         n, p = Q.shape[0], A.shape[0]
         self.n, self.G, self.reg = n, G, reg
-        self.w = 1.0 / (d + reg)
+        # In the data's dtype: ``d`` built from Python scalars (``jnp.where(active, 0.0,
+        # jnp.inf)``) is float64 under x64 even for float32 data.
+        self.w = (1.0 / (d + reg)).astype(Q.dtype)
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
         self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
 
