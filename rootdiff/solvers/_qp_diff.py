@@ -86,39 +86,44 @@ def active_set_factor(scaled, active):
     return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
 
 
-def refine_from_zero(apply_inverse, matvec, rhs, steps, shrink=0.5):
+def refine_from_zero(apply_inverse, matvec, rhs, steps, shrink=0.5, blocks=None):
     """``d ≈ J⁻¹ rhs`` by refinement rounds ``d += apply_inverse(rhs − J d)`` from ``d = 0``.
 
     At most ``steps`` rounds (the first is the plain regularised solve), stopping once
     the residual ``‖rhs − J d‖∞`` no longer shrinks by the factor ``shrink`` (rounding
     reached, or a singular direction that refinement cannot remove) or is zero.
     ``J d`` is ``matvec(d)``. Returns ``(d, residual)``, the residual of ``d``.
+    ``blocks``: a function mapping a residual to a tuple of sizes (its parts' norms);
+    then the rounds go on while any part still shrinks, and ``residual`` is that tuple.
 
     Why not ``_kkt.refine``: starting from zero puts the first solve inside the loop, so
     the program holds one traced (and compiled) copy of ``apply_inverse`` and of
     ``matvec`` instead of two (the initial solve of ``refine``, then its loop's).
     """
 
-    def size_of(e):
-        return _kkt.max_of(*[_kkt.inf_norm(v) for v in jax.tree.leaves(e)])
+    def sizes_of(e):
+        if blocks is not None:
+            return tuple(blocks(e))
+        return (_kkt.max_of(*[_kkt.inf_norm(v) for v in jax.tree.leaves(e)]),)
 
     def cond(c):
         k, _, _, size, prev = c
-        return (k < steps) & (size < shrink * prev) & (size > 0)
+        going = [(s < shrink * p) & (s > 0) for s, p in zip(size, prev, strict=True)]
+        return (k < steps) & functools.reduce(jnp.logical_or, going)
 
     def body(c):
         k, d, e, size, _ = c
         d = jax.tree.map(jnp.add, d, apply_inverse(e))
         e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return k + 1, d, e, size_of(e), size
+        return k + 1, d, e, sizes_of(e), size
 
-    size = size_of(rhs)
+    size = sizes_of(rhs)
     # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
-    inf = jnp.zeros_like(size) + jnp.inf
+    inf = tuple(jnp.zeros_like(s) + jnp.inf for s in size)
     d0 = jax.tree.map(jnp.zeros_like, rhs)
-    init = (jnp.zeros_like(size, jnp.int32), d0, rhs, size, inf)
+    init = (jnp.zeros_like(size[0], jnp.int32), d0, rhs, size, inf)
     _, d, _, size, _ = jax.lax.while_loop(cond, body, init)
-    return d, size
+    return d, (size if blocks is not None else size[0])
 
 
 def active_set_solve(scaled, active, steps=_REFINE, red=None):
@@ -375,15 +380,22 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
         dx, dy, dz = d  # dz is zero on inactive rows (their weight in red is 0)
         return Qs @ dx + As.T @ dy + Ga.T @ dz, As @ dx, Ga @ dx
 
-    def residual(r):
-        _, err = refine_from_zero(red.apply_inverse, mv, r, steps + 1)
-        size = _kkt.max_of(*[_kkt.inf_norm(v) for v in r])
-        res = err / jnp.maximum(size, jnp.finfo(Qs.dtype).tiny)
-        return jnp.where(jnp.isnan(res), jnp.inf, res)
+    # One probe r = (v_x, v_y, v_z): its parts are the two probes above. The null
+    # vectors of the first kind live in the x block and those of the second in the
+    # (y, z) blocks, so what refinement cannot remove stays in the block of its kind:
+    # each block's residual is its probe's (one loop, going on while either shrinks).
+    probe_x, probe_c = _probes(scaled, active)
+    r = (probe_x[0], probe_c[1], probe_c[2])
 
-    # Two loops, not one under vmap over the two probes: for small systems a vmapped
-    # loop costs more per round than the two (measured: NNLS n = 5, batch 256).
-    res_x, res_c = map(residual, _probes(scaled, active))
+    def blocks(e):
+        return _kkt.inf_norm(e[0]), _kkt.max_of(_kkt.inf_norm(e[1]), _kkt.inf_norm(e[2]))
+
+    _, errs = refine_from_zero(red.apply_inverse, mv, r, steps + 1, blocks=blocks)
+    tiny = jnp.finfo(Qs.dtype).tiny
+    res_x, res_c = (
+        jnp.where(jnp.isnan(e), jnp.inf, e / jnp.maximum(size, tiny))
+        for e, size in zip(errs, blocks(r), strict=True)
+    )
     tol = _SINGULAR
     code = jnp.where(res_x > tol, NOT_UNIQUE, jnp.where(res_c > tol, DEPENDENT_CONSTRAINTS, EXACT))
     return code.astype(jnp.int32), (res_x, res_c)
