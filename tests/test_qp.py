@@ -486,3 +486,73 @@ def test_float32_data_with_x64_enabled():
     assert val.dtype == g.dtype == jnp.float32
     np.testing.assert_allclose(val, 0.5 - 2.0 + 3.0, atol=1e-5)
     np.testing.assert_allclose(g, [1.0, 0.0, 0.0], atol=1e-4)
+
+
+# --- qppost
+
+
+def _qp_diff_solves(fn, *args):
+    """Traced calls of the regularised active-set solve, per call site in _qp_diff."""
+    from rootdiff.solvers import _kkt
+
+    calls = {}
+    original = _kkt.Reduced.apply_inverse
+
+    def counted(self, r):
+        frame, names = sys._getframe(1), []
+        while frame is not None:
+            if frame.f_code.co_filename.endswith("_qp_diff.py"):
+                names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        if names:
+            stage = next(n for n in names if n in STAGES)  # the innermost
+            calls[stage] = calls.get(stage, 0) + 1
+        return original(self, r)
+
+    _kkt.Reduced.apply_inverse = counted
+    try:
+        jax.make_jaxpr(fn)(*args)
+    finally:
+        _kkt.Reduced.apply_inverse = original
+    return calls
+
+
+STAGES = ("polish_corrected", "polish_and_probe", "derivative_defect", "differentiable")
+
+
+def test_each_active_set_solve_is_traced_once():
+    # Every traced copy of the solve is compiled separately: polishing, each derivative
+    # probe and the derivative's own solve hold one copy each (refinement from zero, the
+    # first solve inside the loop), and the probes only when something reads them.
+    Q, q, A, b, G, h = _problem(0)
+
+    def grad(check):
+        return jax.grad(lambda q: jnp.sum(rootdiff.solve_qp(Q, q, A, b, G, h, check=check)))
+
+    def with_info(q):
+        return rootdiff.solve_qp(Q, q, A, b, G, h, check="off", return_info=True)
+
+    polished = _qp_diff_solves(grad("warn"), q)
+    stage = "polish_and_probe"
+    assert polished == {stage: 1, "derivative_defect": 1, "differentiable": 1}, polished
+    assert _qp_diff_solves(grad("off"), q) == {stage: 1, "differentiable": 1}
+    assert _qp_diff_solves(with_info, q)["derivative_defect"] == 1
+
+
+def test_probes_and_info_residuals_with_check_off():
+    # A duplicated equality row: x is unique, the constraints are dependent. The probes
+    # run for info.derivative although check="off", and the reported residuals are the
+    # returned point's (measured here independently).
+    Q, q = jnp.eye(2), jnp.array([-1.0, -2.0])
+    A, b = jnp.array([[1.0, 1.0], [1.0, 1.0]]), jnp.array([1.0, 1.0])
+    G, h = jnp.array([[1.0, 0.0]]), jnp.array([0.1])
+    x, info = rootdiff.solve_qp(Q, q, A, b, G, h, check="off", return_info=True)
+    np.testing.assert_allclose(x, [0.0, 1.0], atol=1e-10)
+    assert int(info.status) == QPStatus.SOLVED
+    assert int(info.derivative) == QPStatus.DEPENDENT_CONSTRAINTS
+    xn, yn, zn = (np.asarray(v) for v in (x, info.y, info.z))
+    An, Gn, hn = np.asarray(A), np.asarray(G), np.asarray(h)
+    dual = np.abs(xn + np.asarray(q) + An.T @ yn + Gn.T @ zn).max()
+    prim = max(np.abs(An @ xn - 1.0).max(), np.maximum(Gn @ xn - hn, 0).max())
+    assert float(info.dual_residual) == pytest.approx(dual, abs=1e-15)
+    assert float(info.primal_residual) == pytest.approx(prim, abs=1e-15)

@@ -86,15 +86,57 @@ def active_set_factor(scaled, active):
     return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
 
 
+def refine_from_zero(apply_inverse, matvec, rhs, steps, shrink=0.5, blocks=None):
+    """``d ≈ J⁻¹ rhs`` by refinement rounds ``d += apply_inverse(rhs − J d)`` from ``d = 0``.
+
+    At most ``steps`` rounds (the first is the plain regularised solve), stopping once
+    the residual ``‖rhs − J d‖∞`` no longer shrinks by the factor ``shrink`` (rounding
+    reached, or a singular direction that refinement cannot remove) or is zero.
+    ``J d`` is ``matvec(d)``. Returns ``(d, residual)``, the residual of ``d``.
+    ``blocks``: a function mapping a residual to a tuple of sizes (its parts' norms);
+    then the rounds go on while any part still shrinks, and ``residual`` is that tuple.
+
+    Why not ``_kkt.refine``: starting from zero puts the first solve inside the loop, so
+    the program holds one traced (and compiled) copy of ``apply_inverse`` and of
+    ``matvec`` instead of two (the initial solve of ``refine``, then its loop's).
+    """
+
+    def sizes_of(e):
+        if blocks is not None:
+            return tuple(blocks(e))
+        return (_kkt.max_of(*[_kkt.inf_norm(v) for v in jax.tree.leaves(e)]),)
+
+    def cond(c):
+        k, _, _, size, prev = c
+        going = [(s < shrink * p) & (s > 0) for s, p in zip(size, prev, strict=True)]
+        return (k < steps) & functools.reduce(jnp.logical_or, going)
+
+    def body(c):
+        k, d, e, size, _ = c
+        d = jax.tree.map(jnp.add, d, apply_inverse(e))
+        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
+        return k + 1, d, e, sizes_of(e), size
+
+    size = sizes_of(rhs)
+    # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
+    inf = tuple(jnp.zeros_like(s) + jnp.inf for s in size)
+    d0 = jax.tree.map(jnp.zeros_like, rhs)
+    init = (jnp.zeros_like(size[0], jnp.int32), d0, rhs, size, inf)
+    _, d, _, size, _ = jax.lax.while_loop(cond, body, init)
+    return d, (size if blocks is not None else size[0])
+
+
 def active_set_solve(scaled, active, steps=_REFINE, red=None):
     """``solve(matvec, r)`` for the active-set Jacobian, factorised once.
 
     ``scaled = (Q̂, Â, Ĝ, scaling)`` from the interior point: the system is mapped to
     the equilibrated coordinates (``J = S Ĵ T⁻¹`` with diagonal ``S``, ``T``),
     solved there with the regularised reduced matrix (active rows as equalities,
-    inactive ones eliminated), mapped back, then refined ``steps`` times against
-    the exact ``matvec`` it is given (so transposed systems work: ``J`` is symmetric).
+    inactive ones eliminated), mapped back, then refined up to ``steps`` times
+    against the exact ``matvec`` it is given (so transposed systems work: ``J`` is
+    symmetric), while the residual still halves (:func:`refine_from_zero`).
     ``red``: the :func:`active_set_factor` of ``active``, if already computed.
+    ``solve.apply_inverse``: the regularised solve alone (no refinement).
     """
     sc = scaled[3]
     g, c = sc.gamma, sc.c
@@ -108,10 +150,11 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
         dz = jnp.where(active, dz, -rz)
         return g * sc.D * dx, g * sc.EA * dy / c, g * sc.EG * dz / c
 
-    def solve(matvec, rhs, steps=steps, unrolled=True):
-        return _kkt.refine(apply_inverse, matvec, rhs, steps, unrolled=unrolled)
+    def solve(matvec, rhs, steps=steps):
+        return refine_from_zero(apply_inverse, matvec, rhs, steps + 1)[0]
 
-    solve.factor = red  # reused by derivative_defect
+    solve.factor = red
+    solve.apply_inverse = apply_inverse
     return solve
 
 
@@ -124,45 +167,72 @@ def polish(sol, active, data, solve):
     """
     Q, q, A, b, G, h = data
     residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, active), sol)
-    step = solve(matvec, residual, steps=_REFINE_POLISH, unrolled=False)
+    step = solve(matvec, residual, steps=_REFINE_POLISH)
     x, y, z = (v - d for v, d in zip(sol, step, strict=True))
     return x, y, jnp.where(active, z, 0.0)
 
 
-def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
-    """:func:`polish` on ``active``, with primal–dual active-set corrections.
+def _probes(scaled, active):
+    """The two generic right-hand sides of :func:`derivative_defect`, in equilibrated units."""
+    Qs, As, Gs, _ = scaled
+    n, p, m = Qs.shape[0], As.shape[0], Gs.shape[0]
+    dtype = Qs.dtype
+
+    def generic(k, shift):  # deterministic, no sign pattern aligned with any structure
+        return jnp.cos(shift + 2.399963 * jnp.arange(k, dtype=dtype) ** 1.5)
+
+    # Zeros typed like the data (batched / sharded alike), not literals.
+    zx, zy, zz = jnp.zeros_like(Qs[0]), jnp.zeros_like(As[:, 0]), jnp.zeros_like(Gs[:, 0])
+    probe_x = (zx + generic(n, 0.3), zy, zz)
+    probe_c = (zx, zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz))
+    return probe_x, probe_c
+
+
+def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, probe=True):
+    """:func:`polish` on ``active`` with active-set corrections, then (``probe``)
+    :func:`derivative_defect` with the factorisation polishing leaves.
 
     A polished point is kept only if it is at least as accurate as ``sol`` (by
     ``merit``, lower is better), finite, and its active multipliers are ``≥ 0``.
     When it is not, the active set was misidentified (a near-degenerate row at the
     end of the interior point): rows with a negative multiplier leave it, inactive
     rows the polished ``x`` violates join it, and polishing is tried again, at most
-    ``rounds`` times (a ``while_loop``: nothing runs when the first try is kept).
+    ``rounds`` times (a ``while_loop``: nothing more runs when the first try is kept).
+    Each round evaluates ``merit`` on ``sol`` and the polished point at once (one copy
+    of ``merit`` in the program, whose residuals are also the ones reported).
 
-    Returns ``(point, active, solve, merit, taken)``: the polished point and its
-    active set and active-set ``solve`` if one was kept, else ``sol``, ``active``
-    and its solve; ``merit`` of the returned point.
+    ``merit(point)`` returns ``(value, residuals)`` (as :func:`rootdiff.solvers._ipm.merit`).
+    Returns ``(point, active, solve, (value, residuals), taken, defect)``: the polished
+    point, its active set and active-set ``solve`` if one was kept, else ``sol``,
+    ``active`` and its solve; ``merit`` of the returned point; whether a polished point
+    was kept; and :func:`derivative_defect` for the returned active set (``None``
+    without ``probe``).
     """
-    G, h = data[4], data[5]
-    value0 = merit(sol)
+    Q, q, A, b, G, h = data
     # Placeholders for the loop's first carry, typed like the data (not literals).
-    zero = jnp.zeros_like(value0)
+    zero = jnp.zeros_like(jnp.sum(sol[0]) + jnp.sum(scaled[0][0]))
+    stack = functools.partial(jax.tree.map, lambda *c: jnp.stack(c))
 
     def attempt(act, red):
-        pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
-        value = merit(pol)
+        solve = active_set_solve(scaled, act, red=red)
+        residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, act), sol)
+        step, _ = refine_from_zero(solve.apply_inverse, matvec, residual, _REFINE_POLISH + 1)
+        x, y, z = (v - d for v, d in zip(sol, step, strict=True))
+        pol = (x, y, jnp.where(act, z, 0.0))
+        both = jax.vmap(merit)(stack(sol, pol))
+        sol_meas, pol_meas = (jax.tree.map(lambda v, i=i: v[i], both) for i in (0, 1))
         z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
-        take = (value <= value0) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
-        return pol, value, take
+        take = (pol_meas[0] <= sol_meas[0]) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
+        return pol, pol_meas, sol_meas, take
 
     def cond(st):
-        k, _, _, _, _, _, take, changed = st
+        k, *_, take, changed = st
         return ~take & changed & (k <= rounds)
 
     def body(st):
         # Round 0 polishes on ``active``; later rounds on its correction. All rounds
         # share this one traced (and compiled) body.
-        k, act, red_first, _, pol, _, _, _ = st
+        k, act, red_first, _, pol, _, _, _, _ = st
         x, _, z = pol
         violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
         new = jnp.where(k == 0, act, (act & (z > 0)) | violated)
@@ -170,19 +240,36 @@ def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
         # data are), although parts of the factor depend on replicated data only.
         red = jax.tree.map(lambda a: a + zero.astype(a.dtype), active_set_factor(scaled, new))
         red_first = jax.tree.map(lambda a, b: jnp.where(k == 0, a, b), red, red_first)
-        pol, value, take = attempt(new, red)
-        return k + 1, new, red_first, red, pol, value, take, (k == 0) | jnp.any(new != act)
+        pol, pol_meas, sol_meas, take = attempt(new, red)
+        changed = (k == 0) | jnp.any(new != act)
+        return k + 1, new, red_first, red, pol, pol_meas, sol_meas, take, changed
 
-    shapes = jax.eval_shape(active_set_factor, scaled, active)
-    red_init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
+    def placeholder(shapes):
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
+
+    red_init = placeholder(jax.eval_shape(active_set_factor, scaled, active))
+    meas_init = placeholder(jax.eval_shape(merit, sol))
     k0 = zero.astype(jnp.int32)
-    init = (k0, active, red_init, red_init, sol, value0, k0 < 0, k0 == 0)
-    _, act, red0, red, pol, value, take, _ = jax.lax.while_loop(cond, body, init)
+    init = (k0, active, red_init, red_init, sol, meas_init, meas_init, k0 < 0, k0 == 0)
+    out = jax.lax.while_loop(cond, body, init)
+    _, act, red0, red, pol, pol_meas, sol_meas, take, _ = out
     sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
-    point = sel(pol, sol)
     act = jnp.where(take, act, active)
     red = sel(red, red0)
-    return point, act, active_set_solve(scaled, act, red=red), jnp.where(take, value, value0), take
+    defect = derivative_defect(scaled, act, red) if probe else None
+    solve = active_set_solve(scaled, act, red=red)
+    return sel(pol, sol), act, solve, sel(pol_meas, sol_meas), take, defect
+
+
+def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
+    """:func:`polish_and_probe` without probes, for a ``merit`` returning a value only.
+
+    Returns ``(point, active, solve, merit, taken)``.
+    """
+    point, act, solve, (value, _), take, _ = polish_and_probe(
+        sol, active, data, scaled, absent, lambda v: (merit(v), ()), rounds, probe=False
+    )
+    return point, act, solve, value, take
 
 
 def _flagged(residual):
@@ -288,30 +375,27 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
     """
     Qs, As, Gs, _ = scaled
     Ga = jnp.where(active[:, None], Gs, 0.0)
-    n, p, m = Qs.shape[0], As.shape[0], Gs.shape[0]
-    dtype = Qs.dtype
 
     def mv(d):
         dx, dy, dz = d  # dz is zero on inactive rows (their weight in red is 0)
         return Qs @ dx + As.T @ dy + Ga.T @ dz, As @ dx, Ga @ dx
 
-    def generic(k, shift):  # deterministic, no sign pattern aligned with any structure
-        return jnp.cos(shift + 2.399963 * jnp.arange(k, dtype=dtype) ** 1.5)
+    # One probe r = (v_x, v_y, v_z): its parts are the two probes above. The null
+    # vectors of the first kind live in the x block and those of the second in the
+    # (y, z) blocks, so what refinement cannot remove stays in the block of its kind:
+    # each block's residual is its probe's (one loop, going on while either shrinks).
+    probe_x, probe_c = _probes(scaled, active)
+    r = (probe_x[0], probe_c[1], probe_c[2])
 
-    # Zeros typed like the data (batched / sharded alike), not literals.
-    zx, zy, zz = jnp.zeros_like(Qs[0]), jnp.zeros_like(As[:, 0]), jnp.zeros_like(Gs[:, 0])
-    probe_x = (zx + generic(n, 0.3), zy, zz)
-    probe_c = (zx, zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz))
+    def blocks(e):
+        return _kkt.inf_norm(e[0]), _kkt.max_of(_kkt.inf_norm(e[1]), _kkt.inf_norm(e[2]))
 
-    def residual(r):
-        # refine's rounds, keeping the residual its loop already measured
-        d0 = red.apply_inverse(r)
-        _, err = _kkt.improve(red.apply_inverse, mv, r, d0, steps, return_residual=True)
-        size = _kkt.max_of(*[_kkt.inf_norm(v) for v in r])
-        res = err / jnp.maximum(size, jnp.finfo(dtype).tiny)
-        return jnp.where(jnp.isnan(res), jnp.inf, res)
-
-    res_x, res_c = residual(probe_x), residual(probe_c)
+    _, errs = refine_from_zero(red.apply_inverse, mv, r, steps + 1, blocks=blocks)
+    tiny = jnp.finfo(Qs.dtype).tiny
+    res_x, res_c = (
+        jnp.where(jnp.isnan(e), jnp.inf, e / jnp.maximum(size, tiny))
+        for e, size in zip(errs, blocks(r), strict=True)
+    )
     tol = _SINGULAR
     code = jnp.where(res_x > tol, NOT_UNIQUE, jnp.where(res_c > tol, DEPENDENT_CONSTRAINTS, EXACT))
     return code.astype(jnp.int32), (res_x, res_c)

@@ -23,10 +23,9 @@ from rootdiff import _checks
 from rootdiff.solvers import _ipm, _kkt
 from rootdiff.solvers._ipm import Iterate
 from rootdiff.solvers._qp_diff import (
-    derivative_defect,
     differentiable,
     flag_derivatives,
-    polish_corrected,
+    polish_and_probe,
     qp_central_path_residual,
     qp_kkt_residual,
 )
@@ -290,7 +289,9 @@ def solve_qp(
         return _solve_elastic(Q, q, A, b, G, h, elastic, tol, atol, maxiter, smoothing,
                               init, check, diff_solve, want_info)  # fmt: skip
     start = _as_iterate(init, q, A, G)
-    args = (Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_solve)
+    # The derivative probes serve the check and info.derivative only.
+    probe = want_info or check != "off"
+    args = (Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_solve, probe)
     x, info = (_solve_jit if _concrete(args) else _solve)(*args)
     return (x, info) if want_info else x
 
@@ -306,16 +307,18 @@ def _concrete(args) -> bool:
     return True
 
 
-def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_solve):
+def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_solve, probe=True):
     # The IPM is a black box: run it on non-differentiated data, then hand its
     # answer to custom_root, whose derivative solve reuses the IPM's scaling.
     sg = jax.lax.stop_gradient
     data = sg((_sym(Q), q, A, b, G, h))
     res = _ipm.ipm(*data, tol=tol, atol=atol, maxiter=maxiter, init=start)
     absent = _ipm.absent_rows(data[5])
-    sol, active, solve, value, _ = polish_corrected(
+    # Polishing, and (probe) whether the derivative exists: both solve with the
+    # active-set factorisation that the derivative reuses.
+    sol, active, solve, (value, resid), _, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
-        lambda v: _ipm.merit(*data, absent, *v, tol, atol)[0],
+        lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
     )  # fmt: skip
     status = _final_status(res.status, value, tol, atol)
     ok = status == QPStatus.SOLVED
@@ -324,22 +327,25 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     mode = "nan" if check == "nan" else "off"
     x, y, z = differentiable(sol, (Q, q, A, b, G, h), ok=ok, active=active, solve=solve,
                              diff_solve=diff_solve, check=mode)  # fmt: skip
-    # Does the derivative exist (unique minimiser, independent active constraints)?
-    defect = derivative_defect(res.scaled, active, solve.factor)
-    flagged = (jnp.where(ok, defect[0], QPStatus.DERIVATIVE_EXACT), defect[1])
-    x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
+    if probe:
+        # Does the derivative exist (unique minimiser, independent active constraints)?
+        flagged = (jnp.where(ok, defect[0], QPStatus.DERIVATIVE_EXACT), defect[1])
+        x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
+        code = defect[0]
+    else:
+        code = None
     if not (isinstance(smoothing, (int, float)) and smoothing == 0):
         # Central-path point of barrier weight κ from the solution (Newton on s ⊙ z = κ).
         sol_k, s_k = _central_path(data, sol, res.s, smoothing, absent)
         xk, yk, zk = differentiable(sol_k, (Q, q, A, b, G, h), ok=ok, smoothing=smoothing,
                                     s=s_k, diff_solve=diff_solve)  # fmt: skip
         x, y, z = (sg(v) + (vk - sg(vk)) for v, vk in ((x, xk), (y, yk), (z, zk)))
-    return x, _info(x, y, z, res, status, data, absent)._replace(derivative=defect[0])
+    return x, _info(x, y, z, res, status, data, absent, resid)._replace(derivative=code)
 
 
 #: Repeated eager calls (concrete data) reuse one compiled solve per shape and option set
 #: instead of re-tracing the interior-point loop every time.
-_solve_jit = jax.jit(_solve, static_argnums=(6, 7, 8, 9, 11, 12))
+_solve_jit = jax.jit(_solve, static_argnums=(6, 7, 8, 9, 11, 12, 13))
 
 
 def _solve_elastic(Q, q, A, b, G, h, penalty, tol, atol, maxiter, smoothing, init, check,
@@ -355,7 +361,8 @@ def _solve_elastic(Q, q, A, b, G, h, penalty, tol, atol, maxiter, smoothing, ini
                          jnp.concatenate([it.z, jnp.ones(k, q.dtype)]),
                          jnp.concatenate([it.s, jnp.ones(k, q.dtype)]))  # fmt: skip
         start = it
-    args = (*data, tol, atol, maxiter, smoothing, start, check, diff_solve)
+    probe = want_info or check != "off"
+    args = (*data, tol, atol, maxiter, smoothing, start, check, diff_solve, probe)
     xe, info = (_solve_jit if _concrete(args) else _solve)(*args)
     if not want_info:
         return xe[:n]
@@ -419,10 +426,13 @@ def _guard(sol, value, iterations, ok, check):
     )  # fmt: skip
 
 
-def _info(x, y, z, res, status, data, absent):
+def _info(x, y, z, res, status, data, absent, residuals):
     sg = jax.lax.stop_gradient
     Q, q, A, b, G, h = data
-    _, (prim, dual, gap) = _ipm.merit(Q, q, A, b, G, h, absent, sg(x), sg(y), sg(z), 0.0, 1.0)
+    # The residuals of the returned point, as polishing measured them (NaN where
+    # check="nan" made x NaN).
+    finite = jnp.all(jnp.isfinite(sg(x)))
+    prim, dual, gap = (jnp.where(finite, r, jnp.nan) for r in residuals)
     return QPInfo(
         y=y,
         z=z,
