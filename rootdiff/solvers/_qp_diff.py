@@ -385,7 +385,11 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
     # (y, z) blocks, so what refinement cannot remove stays in the block of its kind:
     # each block's residual is its probe's (one loop, going on while either shrinks).
     probe_x, probe_c = _probes(scaled, active)
-    r = (probe_x[0], probe_c[1], probe_c[2])
+    # The probes are constants: typed like the factor they are solved with (under
+    # shard_map a constant does not vary along the mesh axis, the loop's carry after
+    # one solve does, and a loop's carry must keep its type).
+    fac = jax.tree.leaves(red.fac)[0]
+    r = tuple(_kkt.serial(v, after=fac) for v in (probe_x[0], probe_c[1], probe_c[2]))
 
     def blocks(e):
         return _kkt.inf_norm(e[0]), _kkt.max_of(_kkt.inf_norm(e[1]), _kkt.inf_norm(e[2]))
