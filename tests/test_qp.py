@@ -517,7 +517,7 @@ def _qp_diff_solves(fn, *args):
     return calls
 
 
-STAGES = ("polish_corrected", "polish_and_probe", "derivative_defect", "differentiable")
+STAGES = ("polish_and_probe", "derivative_defect", "differentiable")
 
 
 def test_each_active_set_solve_is_traced_once():

@@ -172,8 +172,9 @@ def polish(sol, active, data, solve):
     return x, y, jnp.where(active, z, 0.0)
 
 
-def _probes(scaled, active):
-    """The two generic right-hand sides of :func:`derivative_defect`, in equilibrated units."""
+def _probe(scaled, active):
+    """The generic right-hand side ``(v_x, v_y, v_z)`` of :func:`derivative_defect`
+    (``v_z`` zero on inactive rows), in equilibrated units."""
     Qs, As, Gs, _ = scaled
     n, p, m = Qs.shape[0], As.shape[0], Gs.shape[0]
     dtype = Qs.dtype
@@ -183,9 +184,7 @@ def _probes(scaled, active):
 
     # Zeros typed like the data (batched / sharded alike), not literals.
     zx, zy, zz = jnp.zeros_like(Qs[0]), jnp.zeros_like(As[:, 0]), jnp.zeros_like(Gs[:, 0])
-    probe_x = (zx + generic(n, 0.3), zy, zz)
-    probe_c = (zx, zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz))
-    return probe_x, probe_c
+    return zx + generic(n, 0.3), zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz)
 
 
 def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, probe=True):
@@ -208,17 +207,13 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     was kept; and :func:`derivative_defect` for the returned active set (``None``
     without ``probe``).
     """
-    Q, q, A, b, G, h = data
+    G, h = data[4], data[5]
     # Placeholders for the loop's first carry, typed like the data (not literals).
     zero = jnp.zeros_like(jnp.sum(sol[0]) + jnp.sum(scaled[0][0]))
     stack = functools.partial(jax.tree.map, lambda *c: jnp.stack(c))
 
     def attempt(act, red):
-        solve = active_set_solve(scaled, act, red=red)
-        residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, act), sol)
-        step, _ = refine_from_zero(solve.apply_inverse, matvec, residual, _REFINE_POLISH + 1)
-        x, y, z = (v - d for v, d in zip(sol, step, strict=True))
-        pol = (x, y, jnp.where(act, z, 0.0))
+        pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
         both = jax.vmap(merit)(stack(sol, pol))
         sol_meas, pol_meas = (jax.tree.map(lambda v, i=i: v[i], both) for i in (0, 1))
         z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
@@ -259,17 +254,6 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     defect = derivative_defect(scaled, act, red) if probe else None
     solve = active_set_solve(scaled, act, red=red)
     return sel(pol, sol), act, solve, sel(pol_meas, sol_meas), take, defect
-
-
-def polish_corrected(sol, active, data, scaled, absent, merit, rounds=_ROUNDS):
-    """:func:`polish_and_probe` without probes, for a ``merit`` returning a value only.
-
-    Returns ``(point, active, solve, merit, taken)``.
-    """
-    point, act, solve, (value, _), take, _ = polish_and_probe(
-        sol, active, data, scaled, absent, lambda v: (merit(v), ()), rounds, probe=False
-    )
-    return point, act, solve, value, take
 
 
 def _flagged(residual):
@@ -384,12 +368,11 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
     # vectors of the first kind live in the x block and those of the second in the
     # (y, z) blocks, so what refinement cannot remove stays in the block of its kind:
     # each block's residual is its probe's (one loop, going on while either shrinks).
-    probe_x, probe_c = _probes(scaled, active)
-    # The probes are constants: typed like the factor they are solved with (under
-    # shard_map a constant does not vary along the mesh axis, the loop's carry after
-    # one solve does, and a loop's carry must keep its type).
+    # The probe is a constant: typed like the factor it is solved with (under shard_map
+    # a constant does not vary along the mesh axis, the loop's carry after one solve
+    # does, and a loop's carry must keep its type).
     fac = jax.tree.leaves(red.fac)[0]
-    r = tuple(_kkt.serial(v, after=fac) for v in (probe_x[0], probe_c[1], probe_c[2]))
+    r = tuple(_kkt.serial(v, after=fac) for v in _probe(scaled, active))
 
     def blocks(e):
         return _kkt.inf_norm(e[0]), _kkt.max_of(_kkt.inf_norm(e[1]), _kkt.inf_norm(e[2]))
