@@ -23,6 +23,14 @@ that is not solved, at ``atol=1e-6`` for mid and ``1e-3`` for low. One compile p
 problem (the tolerances are traced arguments); compile and run times (of the
 high-accuracy call) are reported separately.
 
+The float64 floor of the gap: the table also gives the gap of the returned point
+evaluated exactly (``exact gap``, rational arithmetic on its float64 entries, see
+:func:`exact_gap`) and the spacing of float64 numbers at the size of the gap's
+largest term (``f64 spacing``). Where that spacing exceeds the accuracy's
+threshold, the terms cancel to a gap below the float64 resolution of the terms
+themselves: the scored (float64) gap carries a rounding error of that size for
+*any* float64 point, and whether it lands below 1e-9 is a rounding coincidence.
+
 Derivatives (full mode, problems solved at mid accuracy with ``n ≤ 100``):
 ``jit(grad)`` of the linear loss ``cᵀx`` with respect to ``(q, b, h)`` along a random
 direction, at the default tolerance, against finite differences of the forward
@@ -120,6 +128,33 @@ def residuals(data, x, y, z):
     return float(prim), float(dual), float(gap)
 
 
+def gap_terms(data, x, y, z):
+    """The four float64 terms ``xᵀPx, qᵀx, bᵀy, hᵀz`` of the scoring rule's gap."""
+    Q, q, A, b, G, h = data
+    x, y, z = (np.asarray(v, np.float64) for v in (x, y, z))
+    return np.array([x @ Q @ x, q @ x, b @ y, h @ z])
+
+
+def exact_gap(data, x, y, z) -> float:
+    """``xᵀPx + qᵀx + bᵀy + hᵀz`` of the float64 point evaluated exactly, rounded once.
+
+    Rational arithmetic (:class:`fractions.Fraction`) on the nonzero float64 entries:
+    the point's own duality gap, free of the rounding error of a float64 evaluation
+    (about ``eps · Σ|products|``, which exceeds 1e-9 when the terms reach 1e7).
+    """
+    from fractions import Fraction
+
+    Q, q, A, b, G, h = data
+    x, y, z = (np.asarray(v, np.float64) for v in (x, y, z))
+    X = [Fraction(v) for v in x]
+    i, j = np.nonzero(Q)
+    total = sum((X[a] * Fraction(Q[a, c]) * X[c] for a, c in zip(i, j)), Fraction(0))
+    for coef, var in ((q, x), (b, y), (h, z)):
+        nz = np.flatnonzero(coef * var)
+        total += sum((Fraction(coef[k]) * Fraction(var[k]) for k in nz), Fraction(0))
+    return float(total)
+
+
 def _solver():
     import rootdiff
 
@@ -164,6 +199,11 @@ def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
         finite=bool(np.all(np.isfinite(np.asarray(x)))),
         derivative=int(info.derivative),
     )
+    # The float64 floor of the gap: the spacing of float64 numbers at the size of its
+    # largest term, and the point's gap evaluated exactly (see exact_gap).
+    row["gap_term"] = float(np.max(np.abs(gap_terms(data, x, info.y, info.z))))
+    row["gap_spacing"] = float(np.spacing(row["gap_term"]))
+    row["exact_gap"] = abs(exact_gap(data, x, info.y, info.z))
     # Each accuracy at its own tolerance; a lower one is run only if needed.
     solved = False
     for level, level_tol in LEVELS.items():
@@ -234,8 +274,8 @@ def grad_check(data, args, seed, q_only=False):
 
 def table(rows) -> str:
     head = (
-        "| problem | n | p | m | status | iters | primal res | dual res | gap | high | mid "
-        "| compile s | run ms | grad err |\n" + "|---" * 14 + "|"
+        "| problem | n | p | m | status | iters | primal res | dual res | gap | exact gap "
+        "| f64 spacing | high | mid | compile s | run ms | grad err |\n" + "|---" * 16 + "|"
     )
     lines = [head]
     for r in rows:
@@ -247,6 +287,7 @@ def table(rows) -> str:
         lines.append(
             f"| {r['name']} | {r['n']} | {r['p']} | {r['m']} | {r['status']} | {r['iterations']} "
             f"| {r['primal_residual']:.1e} | {r['dual_residual']:.1e} | {r['gap']:.1e} "
+            f"| {r.get('exact_gap', float('nan')):.1e} | {r.get('gap_spacing', float('nan')):.0e} "
             f"| {'✓' if r['high'] else '✗'} | {'✓' if r['mid'] else '✗'} "
             f"| {r['compile_s']:.1f} | {1e3 * r['run_s']:.1f} | {ge_s} |"
         )
@@ -298,7 +339,8 @@ def main(argv=None):
         print(
             f"{name:10s} n={r['n']:4d} status={r['status']} it={r['iterations']:3d} "
             f"prim={r['primal_residual']:.1e} dual={r['dual_residual']:.1e} "
-            f"gap={r['gap']:.1e} high={r['high']} mid={r['mid']} "
+            f"gap={r['gap']:.1e} (exact {r['exact_gap']:.1e}, spacing {r['gap_spacing']:.0e}) "
+            f"high={r['high']} mid={r['mid']} "
             f"compile={r['compile_s']:.1f}s run={1e3 * r['run_s']:.1f}ms"
             + (f" grad_err={r['grad_rel_err']:.1e}" if "grad_rel_err" in r else ""),
             flush=True,

@@ -347,6 +347,27 @@ def test_maros_meszaros_small_solved_and_derivatives_match_fd(name="ZECEVIC2"):
     assert abs(float(gq @ dq + gh @ dh) - float(c @ central)) <= 1e-6 * scale * np.abs(c).sum()
 
 
+def test_maros_meszaros_exact_gap_sees_below_the_float64_floor():
+    # The benchmark's exact gap of a point whose terms (≈ 1.2e8) cancel: against a
+    # closed form in rational arithmetic, while the float64 scoring's own evaluation is
+    # off by more than 1e-9 (the floor the benchmark reports: float64 numbers of that
+    # size are 1.5e-8 apart).
+    from fractions import Fraction as F
+
+    from benchmarks.maros_meszaros import exact_gap, gap_terms, residuals
+
+    a, c = 11001.123456789012, 3.0000000000000004
+    Q, q = np.array([[c, 0.0], [0.0, 0.0]]), np.array([0.0, 1.0])
+    A, b = np.array([[1.0, 0.0]]), np.array([-c * a])  # b·y ≈ −c a²
+    G, h = np.array([[0.0, 1.0]]), np.array([0.5])
+    x, y, z = np.array([a, 0.25]), np.array([a]), np.array([-0.5])
+    data = (Q, q, A, b, G, h)
+    exact = F(c) * F(a) ** 2 + F(0.25) + F(b[0]) * F(a) + F(0.5) * F(-0.5)
+    assert exact_gap(data, x, y, z) == float(exact) != 0.0
+    assert np.spacing(np.max(np.abs(gap_terms(data, x, y, z)))) > 1e-8
+    assert abs(residuals(data, x, y, z)[2] - abs(float(exact))) > 1e-9
+
+
 # A face of minimisers: min x₁ + x₂ s.t. x₁ + x₂ ≥ 1, x ≥ 0 (Q = 0).
 G_face, h_face = jnp.array([[-1.0, -1.0], [-1.0, 0.0], [0.0, -1.0]]), jnp.array([-1.0, 0.0, 0.0])
 # A vertex with three active constraints in two dimensions: x = (1, 1).
