@@ -155,6 +155,74 @@ def exact_gap(data, x, y, z) -> float:
     return float(total)
 
 
+def float64_floor(data, x, y, z, samples=300, seed=0) -> dict:
+    """How well *any* float64 point can score on this problem: the solver's active set
+    (``z > s``) solved exactly, then rounded to float64 and scored.
+
+    The active-set KKT system ``[[P, Eᵀ], [E, 0]] (x, y, z_a) = (−q, b, h_a)`` (``E =
+    [A; G_a]``, singular where the active rows are dependent) is solved by iterative
+    refinement from the solver's point, with a float64 pseudo-inverse for the
+    corrections and the residuals computed exactly (rational arithmetic), until they
+    are far below float64 resolution. That solution ``u*`` is then rounded: to nearest,
+    and ``samples`` times faithfully (each entry one of the floats next to ``u*``), as
+    the output of a float64 solver that is exact up to its last bit. Returns the
+    scoring rule's residuals of the nearest rounding, its exact gap, and over the
+    faithful roundings the fraction that meets 1e-9 on all three residuals
+    (``p_pass``) and the fraction whose exact gap is ``≤ 1e-9`` (``p_exact``).
+    """
+    from fractions import Fraction
+
+    import scipy.sparse
+
+    Q, q, A, b, G, h = data
+    n, p = len(q), len(b)
+    act = np.asarray(z) > h - G @ np.asarray(x)
+    E = np.concatenate([A, G[act]])
+    K = np.block([[Q, E.T], [E, np.zeros((len(E), len(E)))]])
+    rhs = np.concatenate([-q, b, h[act]])
+    pinv = np.linalg.pinv(K, rcond=1e-13, hermitian=True)
+    Ks = scipy.sparse.csr_matrix(K)
+
+    def exact_residual(u):  # rhs − K u, exactly, rounded once per row
+        out = np.empty(len(rhs))
+        for i in range(len(rhs)):
+            cols = range(Ks.indptr[i], Ks.indptr[i + 1])
+            out[i] = float(Fraction(rhs[i]) - sum(Fraction(Ks.data[k]) * u[Ks.indices[k]]
+                                                  for k in cols))  # fmt: skip
+        return out
+
+    u = [Fraction(v) for v in np.concatenate([x, y, np.asarray(z)[act]])]
+    for _ in range(4):
+        u = [a + Fraction(d) for a, d in zip(u, pinv @ exact_residual(u))]
+    kkt = float(np.max(np.abs(exact_residual(u))))
+    hi = np.array([float(v) for v in u])
+    lo = np.array([float(v - Fraction(w)) for v, w in zip(u, hi)])  # u* = hi + lo
+
+    def point(v):
+        zz = np.zeros(len(h))
+        zz[act] = v[n + p :]
+        return v[:n], v[n : n + p], zz
+
+    # The exact gap of hi + δ to first order in δ (u* has gap ~0; δ ~ 1e-16 |u*|).
+    grad = np.concatenate([2 * Q @ hi[:n] + q, b, h[act]])
+    rng = np.random.default_rng(seed)
+    passes, exact_ok = 0, 0
+    for _ in range(samples):
+        k = rng.integers(-1, 2, size=hi.shape)
+        v = np.where(
+            k > 0, np.nextafter(hi, np.inf), np.where(k < 0, np.nextafter(hi, -np.inf), hi)
+        )
+        passes += max(residuals(data, *point(v))) <= LEVELS["high"]
+        exact_ok += abs(grad @ ((v - hi) - lo)) <= LEVELS["high"]
+    return dict(
+        kkt_residual=kkt,
+        nearest=residuals(data, *point(hi)),
+        nearest_exact_gap=abs(exact_gap(data, *point(hi))),
+        p_pass=passes / samples,
+        p_exact=exact_ok / samples,
+    )
+
+
 def _solver():
     import rootdiff
 
@@ -171,7 +239,7 @@ def _passes(data, out, level_tol) -> bool:
     return int(info.status) == 0 and bool(np.all(np.isfinite(res))) and max(res) <= level_tol
 
 
-def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
+def run_problem(name, data, solve, grad: bool, seed: int = 0, floor: bool = False) -> dict:
     args = tuple(jnp.asarray(v) for v in data)
     high = (0.0, LEVELS["high"])
     t0 = time.perf_counter()
@@ -204,6 +272,8 @@ def run_problem(name, data, solve, grad: bool, seed: int = 0) -> dict:
     row["gap_term"] = float(np.max(np.abs(gap_terms(data, x, info.y, info.z))))
     row["gap_spacing"] = float(np.spacing(row["gap_term"]))
     row["exact_gap"] = abs(exact_gap(data, x, info.y, info.z))
+    if floor:
+        row["floor"] = float64_floor(data, x, info.y, info.z, seed=seed)
     # Each accuracy at its own tolerance; a lower one is run only if needed.
     solved = False
     for level, level_tol in LEVELS.items():
@@ -294,6 +364,23 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def floor_table(rows) -> str:
+    """The :func:`float64_floor` experiment, one row per problem."""
+    lines = [
+        "| problem | gap's largest term | f64 spacing | exact gap (solver) | exactly solved, "
+        "rounded: scored gap / exact gap | P(scored ≤ 1e-9) | P(exact gap ≤ 1e-9) |",
+        "|---" * 7 + "|",
+    ]
+    for r in rows:
+        f = r["floor"]
+        lines.append(
+            f"| {r['name']} | {r['gap_term']:.1e} | {r['gap_spacing']:.1e} | {r['exact_gap']:.1e} "
+            f"| {f['nearest'][2]:.1e} / {f['nearest_exact_gap']:.1e} | {f['p_pass']:.2f} "
+            f"| {f['p_exact']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def summary(rows) -> str:
     k = len(rows)
     rates = {lv: 100.0 * sum(r[lv] for r in rows) / k for lv in LEVELS}
@@ -316,6 +403,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-grad", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--floor", action="store_true",
+                    help="float64_floor on each problem, no derivatives (with --only)")  # fmt: skip
     ap.add_argument("--first", default="", help="run these problems first (NAME,NAME)")
     ap.add_argument("--dir", default=DEFAULT_DIR)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -329,12 +418,13 @@ def main(argv=None):
     solve = _solver()
     rows = []
     os.makedirs(a.out, exist_ok=True)
-    tag = "maros_meszaros_quick" if a.quick else "maros_meszaros"
+    tag = "maros_meszaros" + ("_quick" if a.quick else "") + ("_floor" if a.floor else "")
     for path in files:
         name, data = load(path)
         if names is not None and name not in names:
             continue
-        r = run_problem(name, data, solve, grad=not (a.quick or a.no_grad))
+        r = run_problem(name, data, solve, grad=not (a.quick or a.no_grad or a.floor),
+                        floor=a.floor)  # fmt: skip
         rows.append(r)
         print(
             f"{name:10s} n={r['n']:4d} status={r['status']} it={r['iterations']:3d} "
@@ -345,9 +435,13 @@ def main(argv=None):
             + (f" grad_err={r['grad_rel_err']:.1e}" if "grad_rel_err" in r else ""),
             flush=True,
         )
+        if "floor" in r:
+            print("   float64 floor:", floor_table([r]).splitlines()[-1], flush=True)
         with open(os.path.join(a.out, tag + ".json"), "w") as f:  # after each: runs are long
             json.dump(rows, f, indent=1)
     md = summary(rows) + "\n\n" + table(rows) + "\n"
+    if a.floor:
+        md += "\n" + floor_table(rows) + "\n"
     with open(os.path.join(a.out, tag + ".md"), "w") as f:
         f.write(md)
     print()
