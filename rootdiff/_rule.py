@@ -284,18 +284,21 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
     @jax.custom_jvp
     def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
+        # ``(output, solution before the check)``: the derivative linearises F at the
+        # latter, the very point where the check evaluated F, so that XLA computes F
+        # there once (the checked solution is the same value, tied to the report).
         out = solver_c(init, dyn_leaves, *s_consts)
-        sol = view(out[0] if n_out > 1 else out)
+        raw = sol = view(out[0] if n_out > 1 else out)
         if check != "off":
             sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
         if n_out == 1:
-            return sol
-        return sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])
+            return sol, raw
+        return (sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])), raw
 
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
         _, dyn_dot, _, f_consts_dot, _, _ = tangents
-        out = root(*primals)
+        out, raw = root(*primals)
         sol = out[0] if n_out > 1 else out
 
         # θ: the floating inputs of F that carry a non-zero tangent.
@@ -311,7 +314,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             vals = list(theta_all)
             for i, v in zip(live, theta):
                 vals[i] = v
-            return F_c(sol, vals[:n_dyn], *vals[n_dyn:])
+            return F_c(raw, vals[:n_dyn], *vals[n_dyn:])
 
         def F_x(x):
             return F_c(x, dyn_leaves, *f_consts)
@@ -339,10 +342,10 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
                     )
                 )  # fmt: skip
             else:
-                fwd_mv = lambda _mv, b: fwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
-                bwd_mv = lambda _mv, b: bwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
+                fwd_mv = lambda _mv, b: fwd(raw, dyn_leaves, f_consts, b)  # noqa: E731
+                bwd_mv = lambda _mv, b: bwd(raw, dyn_leaves, f_consts, b)  # noqa: E731
             sol_dot = _implicit_tangent(
-                F_x, F_theta, sol, [theta_all[i] for i in live], [dot_all[i] for i in live],
+                F_x, F_theta, raw, [theta_all[i] for i in live], [dot_all[i] for i in live],
                 fwd_mv, bwd_mv, cfg.symmetric,
             )  # fmt: skip
         else:
@@ -353,8 +356,8 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             lambda t, s: t * jnp.where(jnp.isfinite(s), 1, jnp.nan).astype(t.dtype), sol_dot, sol
         )
         if n_out > 1:
-            return out, (sol_dot, jax.tree.map(_zero_tangent, out[1]))
-        return out, sol_dot
+            return (out, raw), ((sol_dot, jax.tree.map(_zero_tangent, out[1])), sol_dot)
+        return (out, raw), (sol_dot, sol_dot)
 
     def _view_hint(encoded):
         # The hint, decoded, on the real view of complex params.
@@ -369,7 +372,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         )  # fmt: skip
 
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
-    out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)
+    out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)[0]
     if n_out == 1:
         return unview(out)
     if has_aux:
