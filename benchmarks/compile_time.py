@@ -56,7 +56,7 @@ configuration (the Newton step's loop and the derivative's).
 | workload (rootdiff ÷ peer, total) | kernels before → after | ratio before → after |
 |---|---|---|
 | ridge n=2000 d=200 | 117 → 115 → 110 → 107 (peer 67) | 1.81 → 1.58–1.73 → 1.55; 1.67 → 1.56 |
-| DEQ n=400 B=8 | 221 → 201 → 196 → 177 (peer 116) | 1.65 → 1.46–1.59 → 1.55 → 1.22–1.47 |
+| DEQ n=400 B=8 | 221 → 201 → 196 → 177 (peer 116) | 1.65 → 1.46–1.59 → 1.55 → 1.22 |
 | lasso p=200 | 113 → 109 → 93 (peer 78) | 1.36 → 1.23–1.49 → 1.20 (load 4) |
 | equality QP n=500 p=100 | 44 → 42 → 40 → 39 → 38 (peer 27) | 1.91 → 1.59–1.82 → 1.51–1.58 → 1.58 |
 | sparsemax / LML | 33 / 41 → 38 (peers 50 / 49) | 0.71–0.74 / 0.97–1.02 → 0.99 |
@@ -83,9 +83,8 @@ once, one product by ``W`` less per gradient on the DEQ and 182 → 177 kernels
 so it is unchanged. What remains above the peer on DEQ and ridge is the Newton
 step's Krylov loop (DEQ: 69 kernels, ridge: 25; ``check='off'`` is 97 kernels on DEQ
 against jaxopt's 116, 66 on ridge against 67), on the equality QP ``K v`` and its
-report (13 kernels): the checks, which stay. The last column's second figures are
-from one run at load 7 (``--only ridge,deq,eq_qp``), main and this change 1.47× and
-1.22× on DEQ.
+report (13 kernels): the checks, which stay. The last figures of the table are from one
+run at load 7 (``--only ridge,deq,eq_qp``, minimum of 3).
 
 The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
 variadic reduction when params is one array (three reductions before, each one or
