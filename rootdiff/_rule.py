@@ -233,11 +233,18 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     if builtin and step_tol is not None and "tol" not in _unpartial(cfg.solve)[1]:
         step_solve = functools.partial(cfg.solve, tol=max(0.1 * step_tol, _ls.default_tol(dtype)))
 
-    def forward_check(sol, dyn_leaves, fc, lf):
+    def forward_check(sol, dyn_leaves, fc, lf, hint=None):
         Fx = F_c(sol, dyn_leaves, *fc)
         values, tols, labels = [], [], []
         if step_tol is not None:
-            if builtin:
+            if builtin and hint is not None and hint.precond is not None:
+                # The Newton step solves the tangent system: the hint's preconditioner
+                # is for it (a stage without it follows if it misleads; its init is
+                # for another right-hand side).
+                _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
+                run = functools.partial(_run_solve, check=check)
+                delta, _ = _hints.solve(step_solve, mv, Fx, hint.precond, None, run)
+            elif builtin:
                 delta, _ = fwd_raw(sol, dyn_leaves, fc, Fx, solve=step_solve)
             else:
                 delta, _ = fwd_c(sol, dyn_leaves, fc, Fx, *lf)
@@ -290,7 +297,8 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         out = solver_c(init, dyn_leaves, *s_consts)
         raw = sol = view(out[0] if n_out > 1 else out)
         if check != "off":
-            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
+            hint = _real_hint(out[-1]) if cfg.hints else None
+            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd, hint)
         if n_out == 1:
             return sol, raw
         return (sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])), raw
@@ -361,7 +369,9 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
     def _view_hint(encoded):
         # The hint, decoded, on the real view of complex params.
-        hint = jax.tree.map(_decode_aux, encoded, out_shape[-1])
+        return _real_hint(jax.tree.map(_decode_aux, encoded, out_shape[-1]))
+
+    def _real_hint(hint):
         if not real:
             return hint
         lift = lambda f: None if f is None else (lambda v: view(f(unview(v))))  # noqa: E731
