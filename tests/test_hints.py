@@ -103,7 +103,9 @@ def test_hint_float32(float32):
 
     @rootdiff.custom_fixed_point(T, solve="gmres", hints=True)
     def solver(z, W, x):
-        return iterate(z, W, x), rootdiff.SolveHint(init=jnp.ones(N, jnp.float32))
+        # ∂ₓF = DW − I ≈ −I: the preconditioner −I (also used by the forward check).
+        M = Partial(jnp.matmul, -jnp.eye(N, dtype=jnp.float32))
+        return iterate(z, W, x), rootdiff.SolveHint(precond=M, init=jnp.ones(N, jnp.float32))
 
     g = jax.jacrev(lambda x: solver(jnp.zeros(N, jnp.float32), W, x))(x)
     assert g.dtype == jnp.float32
