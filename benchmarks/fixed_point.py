@@ -14,7 +14,7 @@ Rows marked "adaptive forward" run the forward optimistix runs
 ``T`` at n = 4000 instead of 40); the others the fixed 40 iterations. Optimistix's
 lead over jaxopt and rootdiff in the fixed-forward rows (0.70× of rootdiff) is its
 forward alone: with the same forward optimistix is as fast as jaxopt (wall-time
-minima 1240 and 1268 ms, interleaved, load 7).
+minima 862 and 881 ms, interleaved, load 4).
 
 Where the time goes (n = 4000, B = 8). Every product by ``∂ₓT`` or its transpose
 reads ``W`` (128 MB), as one evaluation of ``T`` does, so the products are the cost;
@@ -36,8 +36,9 @@ So with any forward shared by both, rootdiff's derivative costs at least the 16
 products GMRES needs for a 1e-12 gradient (a Krylov method cannot need fewer on this
 spectrum, and a looser tolerance is not an option: the gradient error must stay
 ≤ 1e-12): (40 + 19)/(40 + 25) ≈ 0.91 with no check at all, against the 0.8 target;
-measured (CPU time, interleaved, load 7): 1.10× with the default check, 0.91× with
-``residual_tol`` (adaptive forward: 1.13×, 0.86×). The default check's Newton step
+measured (interleaved, 9 rounds, load 4, wall-time minima): 1.08× with the default
+check, 0.85× with ``residual_tol`` (adaptive forward: 1.07×, 0.86×; the median CPU
+time ratios agree within 0.06). The default check's Newton step
 is 9 of the 28 products: the price of flagging a wrong answer on problems whose
 residual looks small. A user who knows ``T`` is a contraction can check the residual
 instead (``residual_tol``, the second row), and a solver that knows more about
