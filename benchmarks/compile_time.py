@@ -56,9 +56,9 @@ configuration (the Newton step's loop and the derivative's).
 | workload (rootdiff ÷ peer, total) | kernels before → after | ratio before → after |
 |---|---|---|
 | ridge n=2000 d=200 | 117 → 115 → 110 → 107 (peer 67) | 1.81 → 1.58–1.73 → 1.55; 1.67 → 1.56 |
-| DEQ n=400 B=8 | 221 → 201 → 196 (peer 116) | 1.65 → 1.46–1.59 → 1.55 |
+| DEQ n=400 B=8 | 221 → 201 → 196 → 177 (peer 116) | 1.65 → 1.46–1.59 → 1.55 → 1.22 |
 | lasso p=200 | 113 → 109 → 93 (peer 78) | 1.36 → 1.23–1.49 → 1.20 (load 4) |
-| equality QP n=500 p=100 | 44 → 42 → 40 → 39 (peer 27) | 1.91 → 1.59–1.82 → 1.51–1.58 |
+| equality QP n=500 p=100 | 44 → 42 → 40 → 39 → 38 (peer 27) | 1.91 → 1.59–1.82 → 1.51–1.58 → 1.58 |
 | sparsemax / LML | 33 / 41 → 38 (peers 50 / 49) | 0.71–0.74 / 0.97–1.02 → 0.99 |
 
 XLA:CPU compiles a one-dimensional reduction of more than 32 elements as three
@@ -74,6 +74,17 @@ maxima (``check='off'``: 26 → 25 kernels, the dense solve 27). The rest of the
 on lasso and the equality QP is their checks' kernels: the report (a conditional
 and a host callback, 4–5 kernels each, three reports on lasso) and, for the
 equality QP, ``K v`` and its reduction (four products, 14 kernels in all).
+
+The derivative linearises ``F`` at the solver's answer as it was before the forward
+check, where the check already evaluated ``F`` (the checked answer is the same value
+tied to the report, which XLA cannot see through): XLA then evaluates ``F`` there
+once, one product by ``W`` less per gradient on the DEQ and 182 → 177 kernels
+(``residual_tol=inf`` 111 → 108); ridge's Hessian products need no value of ``F``,
+so it is unchanged. What remains above the peer on DEQ and ridge is the Newton
+step's Krylov loop (DEQ: 69 kernels, ridge: 25; ``check='off'`` is 97 kernels on DEQ
+against jaxopt's 116, 66 on ridge against 67), on the equality QP ``K v`` and its
+report (13 kernels): the checks, which stay. The last figures of the table are from one
+run at load 7 (``--only ridge,deq,eq_qp``, minimum of 3).
 
 The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
 variadic reduction when params is one array (three reductions before, each one or

@@ -35,7 +35,8 @@ class SolveHint(NamedTuple):
 
     Attributes:
       precond: linear ``M(v) ≈ (∂ₓF)⁻¹ v`` on pytrees shaped like ``params``: the
-        preconditioner of the tangent system ``∂ₓF u = b`` (forward mode).
+        preconditioner of the tangent system ``∂ₓF u = b`` (forward mode), and of
+        the forward check's Newton step ``∂ₓF δ = F(params)`` (every call).
       transpose_precond: linear ``Mᵀ(v) ≈ (∂ₓF)⁻ᵀ v``, the preconditioner of the
         adjoint system ``(∂ₓF)ᵀ u = b`` (reverse mode). Default: ``precond``
         when ``∂ₓF`` is declared symmetric, else the exact transpose of

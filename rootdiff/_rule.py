@@ -233,11 +233,18 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     if builtin and step_tol is not None and "tol" not in _unpartial(cfg.solve)[1]:
         step_solve = functools.partial(cfg.solve, tol=max(0.1 * step_tol, _ls.default_tol(dtype)))
 
-    def forward_check(sol, dyn_leaves, fc, lf):
+    def forward_check(sol, dyn_leaves, fc, lf, hint=None):
         Fx = F_c(sol, dyn_leaves, *fc)
         values, tols, labels = [], [], []
         if step_tol is not None:
-            if builtin:
+            if builtin and hint is not None and hint.precond is not None:
+                # The Newton step solves the tangent system: the hint's preconditioner
+                # is for it (a stage without it follows if it misleads; its init is
+                # for another right-hand side).
+                _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
+                run = functools.partial(_run_solve, check=check)
+                delta, _ = _hints.solve(step_solve, mv, Fx, hint.precond, None, run)
+            elif builtin:
                 delta, _ = fwd_raw(sol, dyn_leaves, fc, Fx, solve=step_solve)
             else:
                 delta, _ = fwd_c(sol, dyn_leaves, fc, Fx, *lf)
@@ -284,18 +291,22 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
     @jax.custom_jvp
     def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
+        # ``(output, solution before the check)``: the derivative linearises F at the
+        # latter, the very point where the check evaluated F, so that XLA computes F
+        # there once (the checked solution is the same value, tied to the report).
         out = solver_c(init, dyn_leaves, *s_consts)
-        sol = view(out[0] if n_out > 1 else out)
+        raw = sol = view(out[0] if n_out > 1 else out)
         if check != "off":
-            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd)
+            hint = _real_hint(out[-1]) if cfg.hints else None
+            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd, hint)
         if n_out == 1:
-            return sol
-        return sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])
+            return sol, raw
+        return (sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])), raw
 
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
         _, dyn_dot, _, f_consts_dot, _, _ = tangents
-        out = root(*primals)
+        out, raw = root(*primals)
         sol = out[0] if n_out > 1 else out
 
         # θ: the floating inputs of F that carry a non-zero tangent.
@@ -311,7 +322,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             vals = list(theta_all)
             for i, v in zip(live, theta):
                 vals[i] = v
-            return F_c(sol, vals[:n_dyn], *vals[n_dyn:])
+            return F_c(raw, vals[:n_dyn], *vals[n_dyn:])
 
         def F_x(x):
             return F_c(x, dyn_leaves, *f_consts)
@@ -339,10 +350,10 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
                     )
                 )  # fmt: skip
             else:
-                fwd_mv = lambda _mv, b: fwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
-                bwd_mv = lambda _mv, b: bwd(sol, dyn_leaves, f_consts, b)  # noqa: E731
+                fwd_mv = lambda _mv, b: fwd(raw, dyn_leaves, f_consts, b)  # noqa: E731
+                bwd_mv = lambda _mv, b: bwd(raw, dyn_leaves, f_consts, b)  # noqa: E731
             sol_dot = _implicit_tangent(
-                F_x, F_theta, sol, [theta_all[i] for i in live], [dot_all[i] for i in live],
+                F_x, F_theta, raw, [theta_all[i] for i in live], [dot_all[i] for i in live],
                 fwd_mv, bwd_mv, cfg.symmetric,
             )  # fmt: skip
         else:
@@ -353,12 +364,14 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
             lambda t, s: t * jnp.where(jnp.isfinite(s), 1, jnp.nan).astype(t.dtype), sol_dot, sol
         )
         if n_out > 1:
-            return out, (sol_dot, jax.tree.map(_zero_tangent, out[1]))
-        return out, sol_dot
+            return (out, raw), ((sol_dot, jax.tree.map(_zero_tangent, out[1])), sol_dot)
+        return (out, raw), (sol_dot, sol_dot)
 
     def _view_hint(encoded):
         # The hint, decoded, on the real view of complex params.
-        hint = jax.tree.map(_decode_aux, encoded, out_shape[-1])
+        return _real_hint(jax.tree.map(_decode_aux, encoded, out_shape[-1]))
+
+    def _real_hint(hint):
         if not real:
             return hint
         lift = lambda f: None if f is None else (lambda v: view(f(unview(v))))  # noqa: E731
@@ -369,7 +382,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         )  # fmt: skip
 
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
-    out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)
+    out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)[0]
     if n_out == 1:
         return unview(out)
     if has_aux:

@@ -116,7 +116,8 @@ def custom_root(
         the solution, and usually the derivative, then has.
       hints: the solver also returns a :class:`SolveHint` — ``(params, hint)``, or
         ``(params, aux, hint)`` with ``has_aux`` — whose preconditioner and
-        initial guesses the derivative's Krylov solves use. The decorated
+        initial guesses the derivative's Krylov solves use (the preconditioner
+        also the forward check's Newton step). The decorated
         function returns what it would without hints. A hint changes only the
         number of iterations, not the derivative (beyond the solve's tolerance).
 

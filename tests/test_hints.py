@@ -103,7 +103,9 @@ def test_hint_float32(float32):
 
     @rootdiff.custom_fixed_point(T, solve="gmres", hints=True)
     def solver(z, W, x):
-        return iterate(z, W, x), rootdiff.SolveHint(init=jnp.ones(N, jnp.float32))
+        # ∂ₓF = DW − I ≈ −I: the preconditioner −I (also used by the forward check).
+        M = Partial(jnp.matmul, -jnp.eye(N, dtype=jnp.float32))
+        return iterate(z, W, x), rootdiff.SolveHint(precond=M, init=jnp.ones(N, jnp.float32))
 
     g = jax.jacrev(lambda x: solver(jnp.zeros(N, jnp.float32), W, x))(x)
     assert g.dtype == jnp.float32
@@ -151,3 +153,34 @@ def test_converged_hinted_solve_spends_no_second_stage():
         np.testing.assert_allclose(x, x_exact, rtol=1e-10)
         if expected is not None:
             assert len(products) == expected, products
+
+
+def _counting_hint_solver(M_of, iters, calls):
+    """A fixed-point solver whose hint's preconditioner ``M_of(z, W)`` counts its uses."""
+
+    def counted(M, v):
+        jax.debug.callback(lambda: calls.append(1))
+        return M @ v
+
+    @rootdiff.custom_fixed_point(T, solve="gmres", hints=True, check="raise")
+    def solver(z, W, x):
+        z = jax.lax.fori_loop(0, iters, lambda _, z: T(z, W, x), z)
+        return z, rootdiff.SolveHint(precond=Partial(counted, M_of(z, W)))
+
+    return solver
+
+
+def test_forward_check_uses_the_preconditioner():
+    """The forward check's Newton step ``(∂ₓF)⁻¹F`` solves the tangent system, the one
+    the hint's preconditioner is for: an exact one makes it one GMRES step. A
+    misleading one neither flags an accurate answer nor hides an inaccurate one."""
+    exact = lambda z, W: -jnp.linalg.inv(jnp.eye(N) - jnp.diag(1 - z**2) @ W)  # noqa: E731
+    calls = []
+    z = _counting_hint_solver(exact, 200, calls)(jnp.zeros(N), W0, X0)  # no derivative
+    jax.block_until_ready(z)
+    assert 1 <= len(calls) <= 3, len(calls)  # without it: no use outside derivatives
+    np.testing.assert_allclose(z, _fixed_point_np(np.asarray(W0), np.asarray(X0)), rtol=1e-12)
+    misleading = lambda z, W: BAD  # noqa: E731
+    jax.block_until_ready(_counting_hint_solver(misleading, 200, [])(jnp.zeros(N), W0, X0))
+    with pytest.raises(Exception, match="forward solve"):
+        jax.block_until_ready(_counting_hint_solver(misleading, 3, [])(jnp.zeros(N), W0, X0))

@@ -7,6 +7,7 @@ derivative through it comes from rootdiff's implicit rule.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -497,6 +498,43 @@ def _ridge_loss_with(check, solve=None, forward_maxiter=500):
 
 
 CG1 = functools.partial(rootdiff.linear_solve.cg, maxiter=1)  # cannot converge on 4x4
+
+
+def _entry_products(fn, args):
+    """Products by the first argument ``W`` at the top level of the compiled program
+    (outside its loops): one per evaluation of ``F`` that XLA could not merge."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    comps = {c.split(" ", 1)[0]: c for c in re.split(r"\n(?=%|ENTRY)", hlo)}
+    entry = comps["ENTRY"]
+    W = re.search(r"(%\S+) = \S+ parameter\(0\)", entry).group(1)
+    count = 0
+    for line in entry.splitlines():
+        m = re.search(r" (dot|fusion)\(([^)]*)\)", line)
+        if m and W in m.group(2).split(", "):
+            called = re.search(r"calls=(%[\w.\-]+)", line)
+            count += m.group(1) == "dot" or (
+                called is not None and " dot(" in comps[called.group(1)]
+            )
+    return count
+
+
+def test_check_and_derivative_share_one_evaluation_of_F():
+    """The forward check evaluates F at the solution, and the derivative linearises F
+    there: XLA computes it once, so the check adds no product by W to a gradient
+    (a large fixed point spends one pass over W per evaluation)."""
+    T = lambda x, W, b: jnp.tanh(W @ x + b)  # noqa: E731
+    n = 40
+    W = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)) * 0.3 / np.sqrt(n))
+
+    def count(**kw):
+        fwd = lambda x, W, b: jax.lax.fori_loop(0, 60, lambda _, x: T(x, W, b), x)  # noqa: E731
+        s = rootdiff.custom_fixed_point(T, solve="gmres", **kw)(fwd)
+        return _entry_products(
+            jax.grad(lambda W, b: jnp.sum(s(jnp.zeros(n), W, b) ** 2)), (W, jnp.ones(n))
+        )
+
+    assert count(check="off") == 1
+    assert count(residual_tol=1e-8) == count() == 1
 
 
 def test_backward_nonconvergence_warns_under_jit():

@@ -289,28 +289,29 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
     ``(Q x + Qᵀx)/2``) and ``A``, not from the assembled ``K``, whose buffer the
     factorisation overwrites (keeping it would cost a copy of ``K``); and one
-    reduction: the maxima of ``|K v − rhs|``, ``|K v|``, ``|rhs|`` and ``|v|`` over
-    the primal rows ``< n`` and the dual rows ``≥ n``. Each separate reduction would
-    be one more kernel for XLA to compile (about 15 ms each on a CPU), for a check of
-    a few microseconds.
+    variadic reduction: the maxima of ``|K v − rhs|``, ``|K v|``, ``|rhs|`` and
+    ``|v|`` over the primal rows ``< n`` and over the dual rows ``≥ n``, eight maxima
+    in one pass (one kernel for XLA to compile; each separate reduction would be one
+    to three more, about 10 ms each on a CPU, for a check of a few microseconds).
     """
     Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
     n = Q.shape[0]
     x, y = v[:n], v[n:]
     Kv = jnp.concatenate([0.5 * (Q @ x + x @ Q) + y @ A, A @ x])
-    # A (2, 4, n + p) array of selects, not stacks: XLA fuses it into the reduction.
-    seg, k, i = jax.lax.broadcasted_iota(jnp.int32, (2, 4, v.shape[0]), 0), *(
-        jax.lax.broadcasted_iota(jnp.int32, (2, 4, v.shape[0]), d) for d in (1, 2)
-    )  # fmt: skip
-    pick = lambda j, a: jnp.where(k == j, jnp.abs(a), 0)  # noqa: E731
-    rows = pick(0, Kv - rhs) + pick(1, Kv) + pick(2, rhs) + pick(3, v)
-    segs = jnp.where((i < n) == (seg == 0), rows, 0)  # primal rows, then dual rows
-    m = jnp.max(segs, axis=2)  # rows (r, Kv, rhs, v) of the primal, then the dual rows
+    primal_rows = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0) < n
+    zero = jnp.zeros((), v.dtype)
+    terms = [jnp.abs(t) for t in (Kv - rhs, Kv, rhs, v)]
+    operands = [jnp.where(primal_rows == top, t, 0) for top in (True, False) for t in terms]
+    m = jax.lax.reduce(
+        operands, [zero] * 8, lambda a, b: [jnp.maximum(u, w) for u, w in zip(a, b)], (0,)
+    )
+    r_top, Kv_top, c_, y_top, r_bot, _, b_, y_ = m  # y_top = max|x|, y_ = max|y|
     tiny = jnp.finfo(v.dtype).tiny
-    # max(primal, dual) as one reduction: the dual measure r_top / (Kv_top + c_ +
-    # max|A|·y_), the primal r_bot / (max|A|·x_ + b_); a (1,) array, the report's shape.
-    den = m[:, 2] + m[:, 1] * jnp.array([1, 0]) + norm_A * m[::-1, 3] + tiny
-    residual = jnp.max(m[:, 0] / den, keepdims=True)
+    # The dual measure r_top / (Kv_top + c_ + max|A|·y_), the primal r_bot / (max|A|·x_
+    # + b_); a (1,) array, the report's shape.
+    num = jnp.stack([r_top, r_bot])
+    den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * y_top + b_]) + tiny
+    residual = jnp.max(num / den, keepdims=True)
     return residual[0] <= _rel_tol(v.dtype), residual  # False for NaN
 
 
