@@ -556,3 +556,91 @@ def test_probes_and_info_residuals_with_check_off():
     prim = max(np.abs(An @ xn - 1.0).max(), np.maximum(Gn @ xn - hn, 0).max())
     assert float(info.dual_residual) == pytest.approx(dual, abs=1e-15)
     assert float(info.primal_residual) == pytest.approx(prim, abs=1e-15)
+
+
+# --- qpfast
+
+
+def test_cholesky_retries_only_where_potrf_fails():
+    # A batch of reduced matrices Q + ρI + GᵀWG: one well-conditioned, one whose
+    # regularisation is below the rounding of a 1e10 weight beside a free direction,
+    # one indefinite. potrf fails on the last two; the retry's relative diagonal shift
+    # factorises the second, leaves the first bit for bit, and the third stays NaN.
+    from rootdiff.solvers import _kkt
+
+    n = 20
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((n, n))
+    good = M @ M.T + np.eye(n)
+    v = rng.standard_normal((n, 3))
+    weak = 1e10 * v @ v.T + 1.6e-10 * np.eye(n)  # rank 3 + ρI
+    bad = good - 2 * np.linalg.eigvalsh(good)[-1] * np.eye(n)
+    H = jnp.asarray(np.stack([good, weak, bad]))
+    assert not np.all(np.isfinite(np.asarray(jax.vmap(jnp.linalg.cholesky)(H)[1])))
+    L = np.asarray(jax.jit(jax.vmap(_kkt.cholesky))(H))
+    np.testing.assert_array_equal(L[0], np.linalg.cholesky(good))
+    assert np.all(np.isfinite(L[1]))
+    shift = L[1] @ L[1].T - weak  # a diagonal shift relative to diag(H), tiny
+    np.testing.assert_allclose(shift - np.diag(np.diag(shift)), 0.0, atol=1e-4)
+    assert np.all(np.diag(shift) >= 0) and np.all(np.diag(shift) <= 1e-2 * np.diag(weak))
+    assert not np.all(np.isfinite(L[2]))
+
+
+@pytest.fixture(scope="module")
+def _free_lp():
+    # No equalities, n > 16 (the Cholesky path): an LP-like QP whose Q has a null space
+    # of dimension 14, entries up to 1e6, boxes on half the variables and a few general
+    # rows; checked on the exact KKT conditions below.
+    rng = np.random.default_rng(3)
+    n, m = 24, 30
+    B = rng.standard_normal((n, 10))
+    Q = B @ B.T * 1e3
+    q = rng.standard_normal(n) * 1e6
+    G = np.concatenate([np.eye(n), -np.eye(n), rng.standard_normal((m - 2 * n % m, n))])[:60]
+    h = np.concatenate([np.ones(n), np.ones(n), np.ones(12)])[: G.shape[0]] * 1e2
+    return Q, q, G, h
+
+
+def test_cholesky_path_singular_q_huge_entries(_free_lp):
+    Q, q, G, h = _free_lp
+    x, info = rootdiff.solve_qp(Q, q, None, None, G, h, return_info=True)
+    assert int(info.status) == QPStatus.SOLVED
+    # Exact KKT check on the original data (not the solver's own measure).
+    xn, zn = np.asarray(x), np.asarray(info.z)
+    scale = np.abs(q).max()
+    assert np.abs(Q @ xn + q + G.T @ zn).max() <= 1e-8 * scale
+    assert np.maximum(G @ xn - h, 0).max() <= 1e-9 * np.abs(h).max()
+    assert zn.min() >= 0 and abs(zn @ (h - G @ xn)) <= 1e-8 * scale * np.abs(h).max()
+
+
+def test_cholesky_path_reports_non_convex():
+    rng = np.random.default_rng(4)
+    n = 20
+    M = rng.standard_normal((n, n))
+    Q = M @ M.T - 5.0 * np.eye(n) * np.abs(np.linalg.eigvalsh(M @ M.T)).max()
+    G = np.concatenate([np.eye(n), -np.eye(n)])
+    _, info = rootdiff.solve_qp(Q, rng.standard_normal(n), None, None, G, np.ones(2 * n),
+                                check="off", return_info=True)  # fmt: skip
+    assert int(info.status) == QPStatus.NON_CONVEX
+
+
+def test_interior_point_loop_traces_two_step_solves():
+    # Each traced copy of the reduced solve is compiled separately: the loop body holds
+    # the predictor's and the corrector's (its refinement rounds in one loop from zero),
+    # plus the starting point's outside the loop.
+    from rootdiff.solvers import _ipm, _kkt
+
+    Q, q, A, b, G, h = (jnp.asarray(v) for v in _problem(0))
+    calls = []
+    original = _kkt.Reduced.apply_inverse
+
+    def counted(self, r):
+        calls.append(1)
+        return original(self, r)
+
+    _kkt.Reduced.apply_inverse = counted
+    try:
+        jax.make_jaxpr(lambda *a: _ipm.ipm(*a, tol=1e-10, atol=0.0, maxiter=50))(Q, q, A, b, G, h)
+    finally:
+        _kkt.Reduced.apply_inverse = original
+    assert len(calls) == 3

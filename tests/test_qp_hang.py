@@ -16,6 +16,7 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import rootdiff
 
@@ -51,9 +52,10 @@ def _factorisations_ordered(jaxpr) -> list:
     return unordered
 
 
-def test_batched_solve_qp_orders_its_factorisations():
+@pytest.mark.parametrize("p", [3, 0])  # the LU path, and the Cholesky path (no equalities)
+def test_batched_solve_qp_orders_its_factorisations(p):
     rng = np.random.default_rng(0)
-    B, n, p, m = 2, 20, 3, 25  # above the size where the dense LU is used
+    B, n, m = 2, 20, 25  # above the size where the unrolled LDLᵀ is used
     M = rng.standard_normal((B, n, n))
     Q = M @ M.transpose(0, 2, 1) + np.eye(n)
     A, G = rng.standard_normal((B, p, n)), rng.standard_normal((B, m, n))

@@ -32,9 +32,11 @@ HUGE = 1e20
 _RUIZ = 10
 #: Fraction of the step to the boundary of ``s, z ≥ 0`` that is taken.
 _TAU = 0.995
-#: Refinement steps of the corrector. (One forced round with the loop of further
-#: rounds doing the second only when the residual asks is faster, but QBEACONF then
-#: stalls at the iteration limit: the second round must not depend on the floor test.)
+#: Forced refinement rounds of the corrector with equality constraints. (One forced
+#: round, the second only when the residual asks, is faster, but QBEACONF then stalls
+#: at the iteration limit: the second round must not depend on the floor test.)
+#: Without equalities every round depends on it (the residual tells when the
+#: regularisation's error matters: rarely on well-conditioned problems).
 _REFINE = 2
 #: Most further refinement rounds of the corrector, taken only while the residual is
 #: above its floor and still falls (see ``newton`` in :func:`ipm`).
@@ -333,7 +335,8 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
     # feasible this is s = max(h − Gx, 1), z = 1 / s.
     if init is None:
         hc = jnp.clip(hs, -1e3, 1e3)
-        x0, y0, _ = _kkt.Reduced(Qs, As, Gs, jnp.ones_like(hs), reg).apply_inverse((-qs, bs, hc))
+        start_red = _kkt.Reduced(Qs, As, Gs, jnp.ones_like(hs), reg, chol=True)
+        x0, y0, _ = start_red.apply_inverse((-qs, bs, hc))
         r = hs - Gs @ x0
         shift = jnp.maximum(-1.5 * jnp.min(r, initial=0.0), 0.0)
         s0 = jnp.maximum(r + shift, 1.0)
@@ -364,35 +367,36 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
         pr = state.products
         rd = pr.Qx + qs + pr.ATy + pr.GTz
         rpe, rpi = pr.Ax - bs, pr.Gx + s - hs
-        red = _kkt.Reduced(Qs, As, Gs, s / z, reg)
+        red = _kkt.Reduced(Qs, As, Gs, s / z, reg, chol=True)
         mv = matvec(z, s)
+        forced = _REFINE if b.shape[0] > 0 else 0
 
-        def newton(r4, steps, more=0):
+        def newton(r4, refined=True):
             # Q dx + Aᵀdy + Gᵀdz = −rd, A dx = −rpe, G dx + ds = −rpi, z ds + s dz = −r4.
             rhs = (-rd, -rpe, -rpi + r4 / z)
-            # Unrolled: a while_loop nested in the outer one costs more under vmap.
-            d = _kkt.refine(red.apply_inverse, mv, rhs, steps, unrolled=True)
-            if more:
-                # Up to `more` further rounds while the residual is above `floor` and still
-                # falls by 10 %: near the end, with dependent active rows, each round
-                # removes only part of the regularisation's error, and an inexact
-                # direction stalls the dual residual. The loop tests the residual before
-                # its first round, so a well-conditioned system (the residual already
-                # below `floor`) costs one matvec and no further solve.
+            if refined:
+                # Refinement rounds (one loop: one traced copy of the solve): `forced`
+                # ones, then up to _MORE further while the residual is above `floor`
+                # and still falls by 10 %: near the end, with dependent active rows,
+                # each round removes only part of the regularisation's error, and an
+                # inexact direction stalls the dual residual.
                 floor = float(jnp.finfo(dtype).eps) ** 0.75 * max_of(*map(inf_norm, rhs))
-                d = _kkt.improve(red.apply_inverse, mv, rhs, d, more, shrink=0.9, floor=floor)
+                d = _kkt.refine_from_zero(red.apply_inverse, mv, rhs, 1 + forced + _MORE,
+                                          forced=forced, shrink=0.9, floor=floor)  # fmt: skip
+            else:
+                d = red.apply_inverse(rhs)
             dx, dy, dz = d
             return dx, dy, dz, (-r4 - s * dz) / z
 
         if m == 0:
-            dx, dy, dz, ds = newton(s * z, _REFINE)
+            dx, dy, dz, ds = newton(s * z)
         else:
             mu = jnp.dot(s, z) / m
-            _, _, dz, ds = newton(s * z, 0)  # predictor (affine scaling)
+            _, _, dz, ds = newton(s * z, refined=False)  # predictor (affine scaling)
             a_aff = jnp.minimum(_max_step(s, ds), _max_step(z, dz))
             mu_aff = jnp.dot(s + a_aff * ds, z + a_aff * dz) / m
             sigma = jnp.clip(mu_aff / jnp.maximum(mu, jnp.finfo(dtype).tiny), 0.0, 1.0) ** 3
-            dx, dy, dz, ds = newton(s * z + ds * dz - sigma * mu, _REFINE, _MORE)  # corrector
+            dx, dy, dz, ds = newton(s * z + ds * dz - sigma * mu)  # corrector
         alpha = jnp.minimum(1.0, _TAU * jnp.minimum(_max_step(s, ds), _max_step(z, dz)))
         new = Iterate(x + alpha * dx, y + alpha * dy, z + alpha * dz, s + alpha * ds)
         return classify(new, state.best, state.merit, state.k + 1)

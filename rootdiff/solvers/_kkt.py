@@ -89,6 +89,50 @@ def solve(fac, r):
     return ldl_solve(fac, r) if r.shape[0] <= SMALL else jax.scipy.linalg.lu_solve(fac, r)
 
 
+#: Relative diagonal shifts of the Cholesky path's retries (see :func:`cholesky`).
+_RETRY = 1e4
+_RETRIES = 3
+
+
+def cholesky(H):
+    """Lower Cholesky factor of the symmetric positive definite ``H`` (the reduced
+    matrix ``Q + ρI + GᵀWG`` of a problem without equalities), or of the nearest
+    ``H + τ diag(H)`` that factorises.
+
+    Why: one ``potrf`` and two triangular solves cost about 60 % of an LU's ``getrf``
+    and its ``getrs`` under ``vmap``. ``H ⪰ ρI`` for positive semidefinite ``Q``, but
+    ``potrf`` may still meet a non-positive pivot when ``ρ`` is below the rounding of
+    the largest entries (weights ``1/δ`` of active rows beside a free direction):
+    then ``H + τ diag(H)`` is factorised instead, ``τ = n·eps·10⁴ᵏ``, ``k = 1, 2, 3``
+    (a relative shift below ``n·eps`` is what rounding adds anyway; the refinement
+    against the exact matrix removes the shift's bias). The retries are a
+    ``while_loop`` that runs only while some factor of the batch is not finite, so
+    they cost nothing otherwise. A factor still not finite after them (``Q`` far from
+    positive semidefinite) makes the step NaN, which the iteration reports.
+    """
+    n = H.shape[-1]
+    eps = float(jnp.finfo(H.dtype).eps)
+    diag = jnp.diagonal(H)
+
+    def failed(L):
+        return ~jnp.all(jnp.isfinite(L))
+
+    def cond(c):
+        k, L = c
+        return (k < _RETRIES) & failed(L)
+
+    def body(c):
+        k, _ = c
+        k = k + 1
+        tau = n * eps * _RETRY ** k.astype(H.dtype)
+        return k, jnp.linalg.cholesky(H + jnp.diag(tau * diag))
+
+    L = jnp.linalg.cholesky(H)
+    # The retry's factorisation depends on L through the loop's carry: ordered (serial).
+    k0 = jnp.zeros_like(diag[0], dtype=jnp.int32)
+    return jax.lax.while_loop(cond, body, (k0, L))[1]
+
+
 def serial(x, after):
     """``x``, made to depend on the array ``after`` by data (``x + 0 · after₀``, exact: the
     zero is taken from a finite value), so that XLA cannot run the two side by side.
@@ -115,30 +159,37 @@ class Reduced:
     A pytree (its arrays are the leaves): it can be carried through a loop.
 
     Up to :data:`SMALL` unknowns the quasi-definite matrix is factorised by the
-    unrolled LDLᵀ; above, by an LU.
+    unrolled LDLᵀ; above, by an LU — or, with ``chol=True`` and no equalities
+    (``p = 0``: the matrix is ``H`` alone, positive definite), by :func:`cholesky`.
     """
 
-    def __init__(self, Q, A, G, d, reg):
+    def __init__(self, Q, A, G, d, reg, chol=False):
         n, p = Q.shape[0], A.shape[0]
         self.n, self.G, self.reg = n, G, reg
+        self.chol = bool(chol) and p == 0 and n > SMALL
         # In the data's dtype: ``d`` built from Python scalars (``jnp.where(active, 0.0,
         # jnp.inf)``) is float64 under x64 even for float32 data.
         self.w = (1.0 / (d + reg)).astype(Q.dtype)
         H = Q + G.T @ (self.w[:, None] * G) + reg * jnp.eye(n, dtype=Q.dtype)
-        self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
+        if self.chol:
+            self.fac = cholesky(H)
+        else:
+            self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
 
     def tree_flatten(self):
-        return (self.G, self.w, self.fac), (self.n, self.reg)
+        return (self.G, self.w, self.fac), (self.n, self.reg, self.chol)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.n, obj.reg = aux
+        obj.n, obj.reg, obj.chol = aux
         obj.G, obj.w, obj.fac = children
         return obj
 
     def _solve(self, rx, ry):
         """``[[H, Aᵀ], [A, −δI]] (dx, dy) = (rx, ry)``."""
+        if self.chol:
+            return jax.scipy.linalg.cho_solve((self.fac, True), rx), ry[:0]
         sol = solve(self.fac, jnp.concatenate([rx, ry]))
         return sol[: self.n], sol[self.n :]
 
@@ -172,6 +223,42 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
         # loop: each unrolled copy of the solve is compiled separately.
         return jax.lax.fori_loop(0, steps, step, d)
     return improve(apply_inverse, matvec, rhs, d, steps, shrink, floor)
+
+
+def refine_from_zero(apply_inverse, matvec, rhs, steps, forced=0, shrink=0.5, floor=0.0):
+    """``d ≈ J⁻¹ rhs`` by rounds ``d += apply_inverse(rhs − matvec(d))`` from ``d = 0``.
+
+    At most ``steps`` solves (the first is the plain regularised solve): after the
+    first ``1 + forced``, further ones only while the residual ``‖rhs − matvec(d)‖∞``
+    is above ``floor`` and shrank by the factor ``shrink`` in the last round.
+    Starting from zero puts the first solve inside the loop: the program holds one
+    traced (and compiled) copy of ``apply_inverse`` and of ``matvec``, not one per
+    stage (:func:`refine` has three). A ``while_loop``: under ``vmap`` it runs while
+    some problem of the batch still needs a round.
+    """
+
+    def size_of(e):
+        return max_of(*[inf_norm(v) for v in jax.tree.leaves(e)])
+
+    def cond(c):
+        k, _, _, size, prev = c
+        return (k < steps) & ((k <= forced) | ((size > floor) & (size < shrink * prev)))
+
+    def body(c):
+        k, d, e, size, _ = c
+        d = jax.tree.map(jnp.add, d, apply_inverse(e))
+        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
+        # The shrink test starts after the forced rounds (their last one counts as
+        # having shrunk: only the floor decides the first further round).
+        prev = jnp.where(k <= forced, jnp.inf, size)
+        return k + 1, d, e, size_of(e), prev
+
+    size = size_of(rhs)
+    # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
+    inf = jnp.zeros_like(size) + jnp.inf
+    d0 = jax.tree.map(jnp.zeros_like, rhs)
+    init = (jnp.zeros_like(size, jnp.int32), d0, rhs, size, inf)
+    return jax.lax.while_loop(cond, body, init)[1]
 
 
 def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0, return_residual=False):
