@@ -136,6 +136,26 @@ def prox_elastic_net(x: PyTree, hyperparams: tuple[Any, Any] = (1.0, 1.0),
     )
 
 
+def _norm_and_direction(
+    v: jax.Array, peak: jax.Array, total: Callable[[jax.Array], jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """``‖v‖₂`` of each group and ``v/‖v‖`` (``total`` sums squares over a group).
+
+    Computed from ``w = v/peak`` with ``peak = max|v|`` of the group held constant:
+    ``‖v‖ = peak · ‖w‖`` and ``v/‖v‖ = w/‖w‖`` with ``1 ≤ ‖w‖² ≤ n``, so that groups of
+    size 1e-25 or 1e25 in float32 neither underflow nor overflow, in the values or
+    their derivatives (``‖v‖²`` or ``‖v‖³`` would). A zero group has norm 0, direction
+    0 and derivative 0 (not the ``0 · ∞ = NaN`` of ``sqrt`` at 0).
+    """
+    peak = jax.lax.stop_gradient(peak)
+    nonzero = peak > 0
+    scale = jnp.where(nonzero, peak, 1.0)
+    w = v / scale
+    root = jnp.sqrt(jnp.where(nonzero, total(w * w), 1.0))
+    norm = jnp.where(nonzero, scale * root, 0.0).astype(v.dtype)
+    return norm, jnp.where(nonzero, w / root, 0.0).astype(v.dtype)
+
+
 def prox_group_lasso(
     x: PyTree, l2reg: Any = 1.0, scaling: float = 1.0, *, groups: jax.Array | None = None
 ) -> PyTree:
@@ -161,9 +181,9 @@ def prox_group_lasso(
         lam = _per_leaf(x, l2reg)
 
         def block(v, lm):
-            norm = jnp.sqrt(jnp.sum(v * v))
-            safe = jnp.where(norm > 0, norm, 1.0)
-            return jnp.where(norm > scaling * lm, (1 - scaling * lm / safe) * v, jnp.zeros_like(v))
+            norm, direction = _norm_and_direction(v, jnp.max(jnp.abs(v)), jnp.sum)
+            t = scaling * lm
+            return jnp.where(norm > t, v - t * direction, jnp.zeros_like(v))
 
         return jax.tree.map(block, x, lam)
     x = jnp.asarray(x)
@@ -175,12 +195,15 @@ def prox_group_lasso(
         )
     # ids lie in [0, len(x)): len(x) segments always suffice (and keep shapes static
     # when the ids are traced)
-    sq = jax.ops.segment_sum(x * x, groups, num_segments=x.shape[0])
-    norm = jnp.sqrt(sq)[groups]
+    n_seg = x.shape[0]
+    peak = jax.ops.segment_max(jnp.abs(x), groups, num_segments=n_seg)[groups]
+    norm, direction = _norm_and_direction(
+        x, peak, lambda a: jax.ops.segment_sum(a, groups, num_segments=n_seg)[groups]
+    )
     lam = jnp.asarray(l2reg, x.dtype)
     lam = lam if lam.ndim == 0 else lam[groups]
-    safe = jnp.where(norm > 0, norm, 1.0)
-    return jnp.where(norm > scaling * lam, (1 - scaling * lam / safe) * x, jnp.zeros_like(x))
+    t = scaling * lam
+    return jnp.where(norm > t, x - t * direction, jnp.zeros_like(x))
 
 
 def _n_required_positional(fn: Callable[..., Any]) -> int | None:

@@ -105,6 +105,34 @@ def test_group_lasso_index_groups():
         P.prox_group_lasso(X.reshape(2, 3), 1.0, groups=ids.reshape(2, 3))
 
 
+def _block_soft_jacobian(v, t):
+    """Closed form: ``(1 − t/‖v‖) I + t vvᵀ/‖v‖³`` when ``‖v‖ > t``, else 0."""
+    v = np.asarray(v, np.float64)
+    r = np.linalg.norm(v)
+    if r <= t:
+        return np.zeros((len(v), len(v)))
+    return (1 - t / r) * np.eye(len(v)) + t * np.outer(v, v) / r**3
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-25, 1e25])
+def test_group_lasso_zero_tiny_and_huge_groups_float32(float32, scale):
+    # A group at exactly 0 (padded features, an inactive group at the start) has a
+    # zero Jacobian, not sqrt's NaN at 0; squares of 1e±25 neither underflow nor
+    # overflow in float32 (the norm is computed scaled).
+    v = np.array([3.0, -4.0, 0.0, 0.0, 1.0], np.float32) * np.float32(scale)
+    t = np.float32(2.0 * scale)
+    ids = jnp.array([0, 0, 1, 1, 2])
+    by_ids = lambda x: P.prox_group_lasso(x, t, groups=ids)  # noqa: E731
+    by_leaf = lambda x: P.prox_group_lasso({"a": x[:2], "b": x[2:4]}, t)  # noqa: E731
+    ref = np.zeros((5, 5))
+    ref[:2, :2] = _block_soft_jacobian(v[:2], float(t))
+    np.testing.assert_allclose(by_ids(jnp.asarray(v))[:2], 0.6 * v[:2], rtol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(by_ids)(jnp.asarray(v)), ref, rtol=1e-5, atol=1e-6)
+    jac = jax.jacrev(by_leaf)(jnp.asarray(v))
+    np.testing.assert_allclose(jac["a"], ref[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jac["b"], ref[2:4], rtol=1e-5, atol=1e-6)
+
+
 def test_prox_from_projection_calling_conventions():
     x = jnp.array([2.0, -1.0, 0.5])
     box = P.prox_from_projection(oproj.projection_box)  # projection_box(y, lower, upper)
