@@ -191,12 +191,16 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     """:func:`polish` on ``active`` with active-set corrections, then (``probe``)
     :func:`derivative_defect` with the factorisation polishing leaves.
 
-    A polished point is kept only if it is at least as accurate as ``sol`` (by
-    ``merit``, lower is better), finite, and its active multipliers are ``≥ 0``.
-    When it is not, the active set was misidentified (a near-degenerate row at the
-    end of the interior point): rows with a negative multiplier leave it, inactive
-    rows the polished ``x`` violates join it, and polishing is tried again, at most
-    ``rounds`` times (a ``while_loop``: nothing more runs when the first try is kept).
+    A polished point is *consistent* if it is finite, its active multipliers are
+    ``≥ 0`` and it violates no inactive row (beyond the rounding of ``G_i x − h_i``).
+    It is kept if it is finite with multipliers ``≥ 0`` and at least as accurate as
+    ``sol`` (by ``merit``, lower is better), or consistent and within the tolerance
+    (``merit ≤ 1``). When it is not consistent, the active set was misidentified (a
+    near-degenerate row at the end of the interior point): rows with a negative
+    multiplier leave it, inactive rows the polished ``x`` violates join it, and
+    polishing is tried again, at most ``rounds`` times (a ``while_loop``: nothing
+    more runs when the first try is consistent). The first consistent point is
+    returned, else the kept one of lowest merit.
     Each round evaluates ``merit`` on ``sol`` and the polished point at once (one copy
     of ``merit`` in the program, whose residuals are also the ones reported).
 
@@ -208,36 +212,58 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     without ``probe``).
     """
     G, h = data[4], data[5]
+    Gf, hf = jnp.where(absent[:, None], 0.0, G), jnp.where(absent, 0.0, h)
+    eps = jnp.finfo(hf.dtype).eps
     # Placeholders for the loop's first carry, typed like the data (not literals).
     zero = jnp.zeros_like(jnp.sum(sol[0]) + jnp.sum(scaled[0][0]))
     stack = functools.partial(jax.tree.map, lambda *c: jnp.stack(c))
+
+    def violated(x, act):
+        # Inactive rows that x violates by more than the rounding of G_i x − h_i.
+        r = Gf @ x - hf
+        return (r > eps * (jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x))) & ~act & ~absent
 
     def attempt(act, red):
         pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
         both = jax.vmap(merit)(stack(sol, pol))
         sol_meas, pol_meas = (jax.tree.map(lambda v, i=i: v[i], both) for i in (0, 1))
         z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
-        take = (pol_meas[0] <= sol_meas[0]) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
-        return pol, pol_meas, sol_meas, take
+        kkt = jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
+        # Consistent: no inactive row violated either, so the active set is the
+        # answer's (the derivative's branch). A point within the tolerance can still
+        # violate a row whose multiplier is small (qpax's float32 benchmark: 2.7e-5,
+        # z = 7e-7). A consistent point meeting the tolerance is kept even if ``sol``
+        # measures lower: the merit's duality gap cancels terms (in float32 its
+        # rounding is 5 % of the tolerance) and cannot see ``sol``'s s ⊙ z ≠ 0, which
+        # moves x by about √(sᵀz) (5e-4 on that benchmark).
+        consistent = kkt & ~jnp.any(violated(pol[0], act))
+        better = pol_meas[0] <= sol_meas[0]
+        take = kkt & (better | (consistent & (pol_meas[0] <= 1.0)))
+        return pol, pol_meas, sol_meas, take, consistent & take
 
     def cond(st):
-        k, *_, take, changed = st
-        return ~take & changed & (k <= rounds)
+        k, *_, consistent, changed = st
+        return ~consistent & changed & (k <= rounds)
 
     def body(st):
-        # Round 0 polishes on ``active``; later rounds on its correction. All rounds
-        # share this one traced (and compiled) body.
-        k, act, red_first, _, pol, _, _, _, _ = st
-        x, _, z = pol
-        violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
-        new = jnp.where(k == 0, act, (act & (z > 0)) | violated)
+        # Round 0 polishes on ``active``; later rounds on the last one's correction.
+        # All rounds share this one traced (and compiled) body. The best point so far
+        # is kept: a consistent one first, else the lowest merit.
+        k, act, last, b_act, b_red, b_pol, b_meas, _, b_take, _, _ = st
+        x, _, z = last
+        new = jnp.where(k == 0, act, (act & (z > 0)) | violated(x, act))
         # "+ zero": typed like the carry (device-varying under shard_map when the
         # data are), although parts of the factor depend on replicated data only.
         red = jax.tree.map(lambda a: a + zero.astype(a.dtype), active_set_factor(scaled, new))
-        red_first = jax.tree.map(lambda a, b: jnp.where(k == 0, a, b), red, red_first)
-        pol, pol_meas, sol_meas, take = attempt(new, red)
+        pol, pol_meas, sol_meas, take, consistent = attempt(new, red)
+        better = take & (consistent | ~b_take | (pol_meas[0] < b_meas[0]))
+        sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(better, a, b))
+        # Without a kept point the factor of round 0 (on ``active``) is returned.
+        b_red = jax.tree.map(lambda a, b: jnp.where(better | (k == 0), a, b), red, b_red)
+        b_act, b_pol, b_meas = sel((new, pol, pol_meas), (b_act, b_pol, b_meas))
         changed = (k == 0) | jnp.any(new != act)
-        return k + 1, new, red_first, red, pol, pol_meas, sol_meas, take, changed
+        return (k + 1, new, pol, b_act, b_red, b_pol, b_meas, sol_meas, b_take | better,
+                consistent, changed)  # fmt: skip
 
     def placeholder(shapes):
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
@@ -245,15 +271,13 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     red_init = placeholder(jax.eval_shape(active_set_factor, scaled, active))
     meas_init = placeholder(jax.eval_shape(merit, sol))
     k0 = zero.astype(jnp.int32)
-    init = (k0, active, red_init, red_init, sol, meas_init, meas_init, k0 < 0, k0 == 0)
+    init = (k0, active, sol, active, red_init, sol, meas_init, meas_init, k0 < 0, k0 < 0, k0 == 0)
     out = jax.lax.while_loop(cond, body, init)
-    _, act, red0, red, pol, pol_meas, sol_meas, take, _ = out
+    _, _, _, act, red, pol, pol_meas, sol_meas, take, _, _ = out
     sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
-    act = jnp.where(take, act, active)
-    red = sel(red, red0)
     defect = derivative_defect(scaled, act, red) if probe else None
     solve = active_set_solve(scaled, act, red=red)
-    return sel(pol, sol), act, solve, sel(pol_meas, sol_meas), take, defect
+    return pol, act, solve, sel(pol_meas, sol_meas), take, defect
 
 
 def _flagged(residual):
