@@ -33,9 +33,13 @@ _REFINE_POLISH = 50
 #: Most active-set corrections of polishing (see :func:`polish_corrected`).
 _ROUNDS = 3
 #: Codes of :func:`derivative_defect` (mirrored by ``QPStatus.DERIVATIVE_*``).
-EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE = range(3)
+EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE = range(4)
 #: Relative probe residual above which the active-set Jacobian counts as singular.
 _SINGULAR = 1e-3
+#: Rounding units from a kink at or below which a constraint counts as degenerate
+#: (:func:`rootdiff.solvers.qp.degeneracy`; float32 sweeps: every wrong one-sided
+#: derivative had at most 2.6, the non-degenerate problems at least 6000).
+_DEGENERATE_LEVEL = 10.0
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
@@ -425,42 +429,47 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
 def flag_derivatives(values, inputs, defect, check):
     """``values`` unchanged; their derivatives reported per ``check`` where none exists.
 
-    ``defect = (code, residuals)`` from :func:`derivative_defect`. Reported when the
-    minimiser is not unique (any input differentiated), or when the active
-    constraints are dependent and ``A``, ``b``, ``G`` or ``h`` (``inputs[2:]``) is
-    differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
+    ``defect = (code, (res_x, res_c, margin))``: :func:`derivative_defect`'s code (or
+    ``DEGENERATE``), its residuals and the degeneracy margin in rounding units
+    (:func:`rootdiff.solvers.qp.degeneracy`). Reported when the minimiser is not
+    unique or a constraint is degenerate (any input differentiated), or when the
+    active constraints are dependent and ``A``, ``b``, ``G`` or ``h``
+    (``inputs[2:]``) is differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
     when the derivative is taken), ``"nan"`` makes those derivatives NaN (the
     values stay), ``"off"`` only records the code in ``QPInfo.derivative``.
     """
     if check == "off":
         return values
     site = _checks.user_site() if check in ("warn", "raise") else None
-    code, (res_x, res_c) = jax.lax.stop_gradient(defect)
+    code, (res_x, res_c, margin) = jax.lax.stop_gradient(defect)
 
     @jax.custom_jvp
     def ident(values, inputs, code, res):
         return values
 
     def rule(primals, tangents):
-        values, inputs, code, (res_x, res_c) = primals
+        values, inputs, code, (res_x, res_c, margin) = primals
         v_dot, in_dot, _, _ = tangents
         live = [not isinstance(t, SymbolicZero) for t in in_dot]
         bad = jnp.zeros((), bool)
         if any(live):
-            bad = bad | (code == NOT_UNIQUE)
+            bad = bad | (code == NOT_UNIQUE) | (code == DEGENERATE)
         if any(live[2:]):
             bad = bad | (code == DEPENDENT_CONSTRAINTS)
         if check == "nan":
             factor = jnp.where(bad, jnp.nan, jnp.ones_like(res_x))
         else:
             factor = _checks.guard(
-                jnp.ones_like(res_x), jnp.maximum(res_x, res_c),
-                jnp.asarray(_SINGULAR, res_x.dtype), jnp.int32(-1), mode=check,
-                ok=~bad, site=site,
-                label="residual of a probe solve with the active-set Jacobian",
+                jnp.ones_like(res_x),
+                jnp.stack([jnp.maximum(res_x, res_c), margin.astype(res_x.dtype)]),
+                jnp.asarray([_SINGULAR, _DEGENERATE_LEVEL], res_x.dtype), jnp.int32(-1),
+                mode=check, ok=~bad, site=site,
+                label=("residual of a probe solve with the active-set Jacobian",
+                       "rounding units from a kink (degenerate at or below the tolerance)"),
                 what="the derivative of solve_qp (it does not exist here: the minimiser is "
-                "not unique, or the active constraints are linearly dependent and A, b, G or "
-                "h is differentiated; return_info=True's info.derivative says which)",
+                "not unique, a constraint is degenerate to working precision, or the active "
+                "constraints are linearly dependent and A, b, G or h is differentiated; "
+                "return_info=True's info.derivative says which)",
             )  # fmt: skip
 
         def scale(v, t):
@@ -470,4 +479,4 @@ def flag_derivatives(values, inputs, defect, check):
         return values, jax.tree.map(scale, values, v_dot)
 
     ident.defjvp(rule, symbolic_zeros=True)
-    return ident(values, inputs, code, (res_x, res_c))
+    return ident(values, inputs, code, (res_x, res_c, margin))
