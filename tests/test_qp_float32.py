@@ -107,9 +107,18 @@ def _solve32(Q, q, A, b, G, h):
     return info.x, info.status, info.derivative, jnp.concatenate([Jq, Jb, Jh], axis=1)
 
 
-# Two constructed cases, then a seeded sweep of every kind.
+# Three constructed cases, then a seeded sweep of every kind.
 SCALED = "scaled: Q ~ 1e-5, G ~ 200"
 NEAR_KINK = "multiplier 1e-9"
+UNPOLISHED = "interior point's answer"
+
+
+def _sweep_problem(seed, index):
+    """Problem ``index`` of a sweep in the order of :func:`solved`'s (kinds in turn)."""
+    rng = np.random.default_rng(seed)
+    for i in range(index + 1):
+        data, active = _kkt_problem(rng, KINDS[i % len(KINDS)])
+    return data, active
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +126,7 @@ def solved():
     rng = np.random.default_rng(0)
     cases = [(SCALED, *_kkt_problem(np.random.default_rng(7), "scaled", scale=(1e-5, 200.0)))]
     cases.append((NEAR_KINK, *_kkt_problem(np.random.default_rng(1), "near_degenerate", 1e-9)))
+    cases.append((UNPOLISHED, *_sweep_problem(2, 192)))
     cases += [(k, *_kkt_problem(rng, k)) for _ in range(8) for k in KINDS]
     stacked = [np.stack([c[1][j] for c in cases]).astype(np.float32) for j in range(6)]
     with warnings.catch_warnings(record=True) as caught:
@@ -170,6 +180,20 @@ def test_scaled_data_derivative_is_refined_to_float32_accuracy(solved):
     i = next(k for k, c in enumerate(cases) if c[0] == SCALED)
     name, flagged, ex, eJ, tol = next(r for r in _verdicts([cases[i]], [v[i : i + 1] for v in out]))
     assert not flagged and ex < 1e-5 and eJ < 1e-3, (ex, eJ, tol)
+
+
+def test_answer_that_polishing_cannot_confirm_is_flagged(solved):
+    # Huge bounds (1e20, inf) on two rows: the interior point meets the float32 tolerance
+    # with the one active row still taken as inactive (z = 9e-3, s = 2e-3 there), and no
+    # polished active set satisfies the KKT signs within three corrections. The answer
+    # is the interior point's, 3e-3 from x* (√(sᵀz)), so its derivative is flagged.
+    cases, out, messages = solved
+    i = next(k for k, c in enumerate(cases) if c[0] == UNPOLISHED)
+    assert int(out[1][i]) == QPStatus.SOLVED
+    x_ref = _reference(*cases[i][1], cases[i][2])[0]
+    right = np.abs(out[0][i] - x_ref).max() <= 1e-4 * (1 + np.abs(x_ref).max())
+    assert right or int(out[2][i]) == QPStatus.UNPOLISHED
+    assert any("polishing" in m for m in messages)
 
 
 def test_qpax_benchmark_small_multiplier_in_float32():

@@ -33,7 +33,7 @@ _REFINE_POLISH = 50
 #: Most active-set corrections of polishing (see :func:`polish_corrected`).
 _ROUNDS = 3
 #: Codes of :func:`derivative_defect` (mirrored by ``QPStatus.DERIVATIVE_*``).
-EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE = range(4)
+EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE, UNPOLISHED = range(5)
 #: Relative probe residual above which the active-set Jacobian counts as singular.
 _SINGULAR = 1e-3
 #: Rounding units from a kink at or below which a constraint counts as degenerate
@@ -430,9 +430,10 @@ def flag_derivatives(values, inputs, defect, check):
     """``values`` unchanged; their derivatives reported per ``check`` where none exists.
 
     ``defect = (code, (res_x, res_c, margin))``: :func:`derivative_defect`'s code (or
-    ``DEGENERATE``), its residuals and the degeneracy margin in rounding units
+    ``DEGENERATE``, ``UNPOLISHED``), its residuals and the degeneracy margin in rounding units
     (:func:`rootdiff.solvers.qp.degeneracy`). Reported when the minimiser is not
-    unique or a constraint is degenerate (any input differentiated), or when the
+    unique, a constraint is degenerate or no active set was confirmed (any input
+    differentiated), or when the
     active constraints are dependent and ``A``, ``b``, ``G`` or ``h``
     (``inputs[2:]``) is differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
     when the derivative is taken), ``"nan"`` makes those derivatives NaN (the
@@ -453,7 +454,7 @@ def flag_derivatives(values, inputs, defect, check):
         live = [not isinstance(t, SymbolicZero) for t in in_dot]
         bad = jnp.zeros((), bool)
         if any(live):
-            bad = bad | (code == NOT_UNIQUE) | (code == DEGENERATE)
+            bad = bad | (code == NOT_UNIQUE) | (code == DEGENERATE) | (code == UNPOLISHED)
         if any(live[2:]):
             bad = bad | (code == DEPENDENT_CONSTRAINTS)
         if check == "nan":
@@ -467,9 +468,10 @@ def flag_derivatives(values, inputs, defect, check):
                 label=("residual of a probe solve with the active-set Jacobian",
                        "rounding units from a kink (degenerate at or below the tolerance)"),
                 what="the derivative of solve_qp (it does not exist here: the minimiser is "
-                "not unique, a constraint is degenerate to working precision, or the active "
-                "constraints are linearly dependent and A, b, G or h is differentiated; "
-                "return_info=True's info.derivative says which)",
+                "not unique, a constraint is degenerate to working precision, polishing "
+                "confirmed no active set, or the active constraints are linearly dependent "
+                "and A, b, G or h is differentiated; return_info=True's info.derivative "
+                "says which)",
             )  # fmt: skip
 
         def scale(v, t):

@@ -61,7 +61,7 @@ class QPStatus:
         "non-convex (Q is not positive semidefinite)",
     )
     #: Codes of :attr:`QPInfo.derivative`.
-    DERIVATIVE_EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE = range(4)
+    DERIVATIVE_EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE, UNPOLISHED = range(5)
 
 
 class QPInfo(NamedTuple):
@@ -88,7 +88,10 @@ class QPInfo(NamedTuple):
         ``QPStatus.DEGENERATE`` (3: a constraint is degenerate to working precision —
         its multiplier, or its slack, is within rounding of zero (:func:`degeneracy`):
         the map has a kink there, and rounding decided which one-sided derivative is
-        returned). Taking a derivative that does not exist is reported per ``check``.
+        returned) or ``QPStatus.UNPOLISHED`` (4: polishing confirmed no active set:
+        ``x`` is the interior point's, accurate to the tolerance only, and the
+        derivative, taken on the guessed active set, may be wrong). Taking a
+        derivative that does not exist is reported per ``check``.
     """
 
     y: jax.Array
@@ -320,7 +323,7 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     absent = _ipm.absent_rows(data[5])
     # Polishing, and (probe) whether the derivative exists: both solve with the
     # active-set factorisation that the derivative reuses.
-    sol, active, solve, (value, resid), _, defect = polish_and_probe(
+    sol, active, solve, (value, resid), polished, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
         lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
     )  # fmt: skip
@@ -337,7 +340,11 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
         margin = degeneracy(sol, active, data, absent)
         code = defect[0]
         at_kink = (margin <= _DEGENERATE_LEVEL) & (code != QPStatus.NOT_UNIQUE)
-        code = jnp.where(at_kink, QPStatus.DEGENERATE, code).astype(code.dtype)
+        code = jnp.where(at_kink, QPStatus.DEGENERATE, code)
+        # Not polished: the answer is the interior point's, accurate to the tolerance
+        # only (|x − x*| ≈ √(sᵀz)), and no active set was confirmed for the derivative.
+        unconfirmed = ~polished & (code != QPStatus.NOT_UNIQUE)
+        code = jnp.where(unconfirmed, QPStatus.UNPOLISHED, code).astype(defect[0].dtype)
         flagged = (jnp.where(ok, code, QPStatus.DERIVATIVE_EXACT), (*defect[1], margin))
         x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
     else:
