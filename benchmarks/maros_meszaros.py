@@ -80,6 +80,7 @@ DERIVATIVE_NOTE = (
     " [flag: dependent constraints]",
     " [flag: not unique]",
     " [flag: degenerate]",
+    " [flag: unpolished]",
 )
 
 
