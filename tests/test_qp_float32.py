@@ -179,7 +179,7 @@ def test_scaled_data_derivative_is_refined_to_float32_accuracy(solved):
     cases, out, _ = solved
     i = next(k for k, c in enumerate(cases) if c[0] == SCALED)
     name, flagged, ex, eJ, tol = next(r for r in _verdicts([cases[i]], [v[i : i + 1] for v in out]))
-    assert not flagged and ex < 1e-5 and eJ < 1e-3, (ex, eJ, tol)
+    assert not flagged and ex < 1e-4 and eJ < 1e-3, (ex, eJ, tol)
 
 
 def test_answer_that_polishing_cannot_confirm_is_flagged(solved):
