@@ -83,7 +83,13 @@ PUBLISHED = {
 }
 INF = 9e19
 #: ``QPInfo.derivative`` codes as shown in the table.
-DERIVATIVE_NOTE = ("", " [flag: dependent constraints]", " [flag: not unique]")
+DERIVATIVE_NOTE = (
+    "",
+    " [flag: dependent constraints]",
+    " [flag: not unique]",
+    " [flag: degenerate]",
+    " [flag: unpolished]",
+)
 
 
 def load(path: str):

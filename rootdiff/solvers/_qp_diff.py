@@ -33,9 +33,13 @@ _REFINE_POLISH = 50
 #: Most active-set corrections of polishing (see :func:`polish_corrected`).
 _ROUNDS = 3
 #: Codes of :func:`derivative_defect` (mirrored by ``QPStatus.DERIVATIVE_*``).
-EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE = range(3)
+EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE, UNPOLISHED = range(5)
 #: Relative probe residual above which the active-set Jacobian counts as singular.
 _SINGULAR = 1e-3
+#: Rounding units from a kink at or below which a constraint counts as degenerate
+#: (:func:`rootdiff.solvers.qp.degeneracy`; float32 sweeps: every wrong one-sided
+#: derivative had at most 2.6, the non-degenerate problems at least 6000).
+_DEGENERATE_LEVEL = 10.0
 
 
 def qp_kkt_residual(primal_dual, Q, q, A, b, G, h, active):
@@ -134,7 +138,8 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
     solved there with the regularised reduced matrix (active rows as equalities,
     inactive ones eliminated), mapped back, then refined up to ``steps`` times
     against the exact ``matvec`` it is given (so transposed systems work: ``J`` is
-    symmetric), while the residual still halves (:func:`refine_from_zero`).
+    symmetric), while the residual of some block (in equilibrated units) still halves
+    (:func:`refine_from_zero`; ``by_block=False``: while the whole residual halves).
     ``red``: the :func:`active_set_factor` of ``active``, if already computed.
     ``solve.apply_inverse``: the regularised solve alone (no refinement).
     """
@@ -150,8 +155,18 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
         dz = jnp.where(active, dz, -rz)
         return g * sc.D * dx, g * sc.EA * dy / c, g * sc.EG * dz / c
 
-    def solve(matvec, rhs, steps=steps):
-        return refine_from_zero(apply_inverse, matvec, rhs, steps + 1)[0]
+    def scaled_parts(r):
+        # Sizes of the residual's blocks in the equilibrated units the solve works in
+        # (S⁻¹ r). In the data's units one block can sit at its rounding while another
+        # still shrinks five-fold per round (float32, Q ≈ 1e-5 and G ≈ 200: the z rows'
+        # rounding, 0.2, hid an x block going from 1e-2 to 1e-7, and refinement
+        # stopped after one round with the derivative 20 % off).
+        rx, ry, rz = r[0] * sc.D * c / g, r[1] * sc.EA / g, r[2] / row_i
+        return _kkt.inf_norm(rx), _kkt.inf_norm(ry), _kkt.inf_norm(rz)
+
+    def solve(matvec, rhs, steps=steps, by_block=True):
+        parts = scaled_parts if by_block else None
+        return refine_from_zero(apply_inverse, matvec, rhs, steps + 1, blocks=parts)[0]
 
     solve.factor = red
     solve.apply_inverse = apply_inverse
@@ -167,7 +182,9 @@ def polish(sol, active, data, solve):
     """
     Q, q, A, b, G, h = data
     residual, matvec = jax.linearize(lambda v: qp_kkt_residual(v, Q, q, A, b, G, h, active), sol)
-    step = solve(matvec, residual, steps=_REFINE_POLISH)
+    # The whole residual's rule: per block, Maros–Meszaros points at float64's floor
+    # move (QSHARE1B's gap 1.6e-10 -> 1.5e-9).
+    step = solve(matvec, residual, steps=_REFINE_POLISH, by_block=False)
     x, y, z = (v - d for v, d in zip(sol, step, strict=True))
     return x, y, jnp.where(active, z, 0.0)
 
@@ -191,12 +208,16 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     """:func:`polish` on ``active`` with active-set corrections, then (``probe``)
     :func:`derivative_defect` with the factorisation polishing leaves.
 
-    A polished point is kept only if it is at least as accurate as ``sol`` (by
-    ``merit``, lower is better), finite, and its active multipliers are ``≥ 0``.
-    When it is not, the active set was misidentified (a near-degenerate row at the
-    end of the interior point): rows with a negative multiplier leave it, inactive
-    rows the polished ``x`` violates join it, and polishing is tried again, at most
-    ``rounds`` times (a ``while_loop``: nothing more runs when the first try is kept).
+    A polished point is *consistent* if it is finite, its active multipliers are
+    ``≥ 0`` and it violates no inactive row (beyond the rounding of ``G_i x − h_i``).
+    It is kept if it is finite with multipliers ``≥ 0`` and at least as accurate as
+    ``sol`` (by ``merit``, lower is better), or consistent and within the tolerance
+    (``merit ≤ 1``). When it is not consistent, the active set was misidentified (a
+    near-degenerate row at the end of the interior point): rows with a negative
+    multiplier leave it, inactive rows the polished ``x`` violates join it, and
+    polishing is tried again, at most ``rounds`` times (a ``while_loop``: nothing
+    more runs when the first try is consistent). The first consistent point is
+    returned, else the kept one of lowest merit.
     Each round evaluates ``merit`` on ``sol`` and the polished point at once (one copy
     of ``merit`` in the program, whose residuals are also the ones reported).
 
@@ -208,36 +229,58 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     without ``probe``).
     """
     G, h = data[4], data[5]
+    Gf, hf = jnp.where(absent[:, None], 0.0, G), jnp.where(absent, 0.0, h)
+    eps = jnp.finfo(hf.dtype).eps
     # Placeholders for the loop's first carry, typed like the data (not literals).
     zero = jnp.zeros_like(jnp.sum(sol[0]) + jnp.sum(scaled[0][0]))
     stack = functools.partial(jax.tree.map, lambda *c: jnp.stack(c))
+
+    def violated(x, act):
+        # Inactive rows that x violates by more than the rounding of G_i x − h_i.
+        r = Gf @ x - hf
+        return (r > eps * (jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x))) & ~act & ~absent
 
     def attempt(act, red):
         pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
         both = jax.vmap(merit)(stack(sol, pol))
         sol_meas, pol_meas = (jax.tree.map(lambda v, i=i: v[i], both) for i in (0, 1))
         z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
-        take = (pol_meas[0] <= sol_meas[0]) & jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
-        return pol, pol_meas, sol_meas, take
+        kkt = jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
+        # Consistent: no inactive row violated either, so the active set is the
+        # answer's (the derivative's branch). A point within the tolerance can still
+        # violate a row whose multiplier is small (qpax's float32 benchmark: 2.7e-5,
+        # z = 7e-7). A consistent point meeting the tolerance is kept even if ``sol``
+        # measures lower: the merit's duality gap cancels terms (in float32 its
+        # rounding is 5 % of the tolerance) and cannot see ``sol``'s s ⊙ z ≠ 0, which
+        # moves x by about √(sᵀz) (5e-4 on that benchmark).
+        consistent = kkt & ~jnp.any(violated(pol[0], act))
+        better = pol_meas[0] <= sol_meas[0]
+        take = kkt & (better | (consistent & (pol_meas[0] <= 1.0)))
+        return pol, pol_meas, sol_meas, take, consistent & take
 
     def cond(st):
-        k, *_, take, changed = st
-        return ~take & changed & (k <= rounds)
+        k, *_, consistent, changed = st
+        return ~consistent & changed & (k <= rounds)
 
     def body(st):
-        # Round 0 polishes on ``active``; later rounds on its correction. All rounds
-        # share this one traced (and compiled) body.
-        k, act, red_first, _, pol, _, _, _, _ = st
-        x, _, z = pol
-        violated = (G @ x - jnp.where(absent, 0.0, h) > 0) & ~act & ~absent
-        new = jnp.where(k == 0, act, (act & (z > 0)) | violated)
+        # Round 0 polishes on ``active``; later rounds on the last one's correction.
+        # All rounds share this one traced (and compiled) body. The best point so far
+        # is kept: a consistent one first, else the lowest merit.
+        k, act, last, b_act, b_red, b_pol, b_meas, _, b_take, _, _ = st
+        x, _, z = last
+        new = jnp.where(k == 0, act, (act & (z > 0)) | violated(x, act))
         # "+ zero": typed like the carry (device-varying under shard_map when the
         # data are), although parts of the factor depend on replicated data only.
         red = jax.tree.map(lambda a: a + zero.astype(a.dtype), active_set_factor(scaled, new))
-        red_first = jax.tree.map(lambda a, b: jnp.where(k == 0, a, b), red, red_first)
-        pol, pol_meas, sol_meas, take = attempt(new, red)
+        pol, pol_meas, sol_meas, take, consistent = attempt(new, red)
+        better = take & (consistent | ~b_take | (pol_meas[0] < b_meas[0]))
+        sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(better, a, b))
+        # Without a kept point the factor of round 0 (on ``active``) is returned.
+        b_red = jax.tree.map(lambda a, b: jnp.where(better | (k == 0), a, b), red, b_red)
+        b_act, b_pol, b_meas = sel((new, pol, pol_meas), (b_act, b_pol, b_meas))
         changed = (k == 0) | jnp.any(new != act)
-        return k + 1, new, red_first, red, pol, pol_meas, sol_meas, take, changed
+        return (k + 1, new, pol, b_act, b_red, b_pol, b_meas, sol_meas, b_take | better,
+                consistent, changed)  # fmt: skip
 
     def placeholder(shapes):
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
@@ -245,15 +288,13 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     red_init = placeholder(jax.eval_shape(active_set_factor, scaled, active))
     meas_init = placeholder(jax.eval_shape(merit, sol))
     k0 = zero.astype(jnp.int32)
-    init = (k0, active, red_init, red_init, sol, meas_init, meas_init, k0 < 0, k0 == 0)
+    init = (k0, active, sol, active, red_init, sol, meas_init, meas_init, k0 < 0, k0 < 0, k0 == 0)
     out = jax.lax.while_loop(cond, body, init)
-    _, act, red0, red, pol, pol_meas, sol_meas, take, _ = out
+    _, _, _, act, red, pol, pol_meas, sol_meas, take, _, _ = out
     sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
-    act = jnp.where(take, act, active)
-    red = sel(red, red0)
     defect = derivative_defect(scaled, act, red) if probe else None
     solve = active_set_solve(scaled, act, red=red)
-    return sel(pol, sol), act, solve, sel(pol_meas, sol_meas), take, defect
+    return pol, act, solve, sel(pol_meas, sol_meas), take, defect
 
 
 def _flagged(residual):
@@ -391,42 +432,49 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
 def flag_derivatives(values, inputs, defect, check):
     """``values`` unchanged; their derivatives reported per ``check`` where none exists.
 
-    ``defect = (code, residuals)`` from :func:`derivative_defect`. Reported when the
-    minimiser is not unique (any input differentiated), or when the active
-    constraints are dependent and ``A``, ``b``, ``G`` or ``h`` (``inputs[2:]``) is
-    differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
+    ``defect = (code, (res_x, res_c, margin))``: :func:`derivative_defect`'s code (or
+    ``DEGENERATE``, ``UNPOLISHED``), its residuals and the degeneracy margin in rounding units
+    (:func:`rootdiff.solvers.qp.degeneracy`). Reported when the minimiser is not
+    unique, a constraint is degenerate or no active set was confirmed (any input
+    differentiated), or when the
+    active constraints are dependent and ``A``, ``b``, ``G`` or ``h``
+    (``inputs[2:]``) is differentiated. ``check``: ``"warn"`` / ``"raise"`` report (once per call,
     when the derivative is taken), ``"nan"`` makes those derivatives NaN (the
     values stay), ``"off"`` only records the code in ``QPInfo.derivative``.
     """
     if check == "off":
         return values
     site = _checks.user_site() if check in ("warn", "raise") else None
-    code, (res_x, res_c) = jax.lax.stop_gradient(defect)
+    code, (res_x, res_c, margin) = jax.lax.stop_gradient(defect)
 
     @jax.custom_jvp
     def ident(values, inputs, code, res):
         return values
 
     def rule(primals, tangents):
-        values, inputs, code, (res_x, res_c) = primals
+        values, inputs, code, (res_x, res_c, margin) = primals
         v_dot, in_dot, _, _ = tangents
         live = [not isinstance(t, SymbolicZero) for t in in_dot]
         bad = jnp.zeros((), bool)
         if any(live):
-            bad = bad | (code == NOT_UNIQUE)
+            bad = bad | (code == NOT_UNIQUE) | (code == DEGENERATE) | (code == UNPOLISHED)
         if any(live[2:]):
             bad = bad | (code == DEPENDENT_CONSTRAINTS)
         if check == "nan":
             factor = jnp.where(bad, jnp.nan, jnp.ones_like(res_x))
         else:
             factor = _checks.guard(
-                jnp.ones_like(res_x), jnp.maximum(res_x, res_c),
-                jnp.asarray(_SINGULAR, res_x.dtype), jnp.int32(-1), mode=check,
-                ok=~bad, site=site,
-                label="residual of a probe solve with the active-set Jacobian",
+                jnp.ones_like(res_x),
+                jnp.stack([jnp.maximum(res_x, res_c), margin.astype(res_x.dtype)]),
+                jnp.asarray([_SINGULAR, _DEGENERATE_LEVEL], res_x.dtype), jnp.int32(-1),
+                mode=check, ok=~bad, site=site,
+                label=("residual of a probe solve with the active-set Jacobian",
+                       "rounding units from a kink (degenerate at or below the tolerance)"),
                 what="the derivative of solve_qp (it does not exist here: the minimiser is "
-                "not unique, or the active constraints are linearly dependent and A, b, G or "
-                "h is differentiated; return_info=True's info.derivative says which)",
+                "not unique, a constraint is degenerate to working precision, polishing "
+                "confirmed no active set, or the active constraints are linearly dependent "
+                "and A, b, G or h is differentiated; return_info=True's info.derivative "
+                "says which)",
             )  # fmt: skip
 
         def scale(v, t):
@@ -436,4 +484,4 @@ def flag_derivatives(values, inputs, defect, check):
         return values, jax.tree.map(scale, values, v_dot)
 
     ident.defjvp(rule, symbolic_zeros=True)
-    return ident(values, inputs, code, (res_x, res_c))
+    return ident(values, inputs, code, (res_x, res_c, margin))

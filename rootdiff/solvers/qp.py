@@ -23,6 +23,7 @@ from rootdiff import _checks
 from rootdiff.solvers import _ipm, _kkt
 from rootdiff.solvers._ipm import Iterate
 from rootdiff.solvers._qp_diff import (
+    _DEGENERATE_LEVEL,
     differentiable,
     flag_derivatives,
     polish_and_probe,
@@ -60,7 +61,7 @@ class QPStatus:
         "non-convex (Q is not positive semidefinite)",
     )
     #: Codes of :attr:`QPInfo.derivative`.
-    DERIVATIVE_EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE = range(3)
+    DERIVATIVE_EXACT, DEPENDENT_CONSTRAINTS, NOT_UNIQUE, DEGENERATE, UNPOLISHED = range(5)
 
 
 class QPInfo(NamedTuple):
@@ -83,8 +84,14 @@ class QPInfo(NamedTuple):
         active constraints), ``QPStatus.DEPENDENT_CONSTRAINTS`` (1: the active
         constraints are linearly dependent — derivatives w.r.t. ``Q`` and ``q``
         are exact, those w.r.t. ``A``, ``b``, ``G``, ``h`` do not exist) or
-        ``QPStatus.NOT_UNIQUE`` (2: the minimiser is not unique — no derivative).
-        Taking a derivative that does not exist is reported per ``check``.
+        ``QPStatus.NOT_UNIQUE`` (2: the minimiser is not unique — no derivative) or
+        ``QPStatus.DEGENERATE`` (3: a constraint is degenerate to working precision —
+        its multiplier, or its slack, is within rounding of zero (:func:`degeneracy`):
+        the map has a kink there, and rounding decided which one-sided derivative is
+        returned) or ``QPStatus.UNPOLISHED`` (4: polishing confirmed no active set:
+        ``x`` is the interior point's, accurate to the tolerance only, and the
+        derivative, taken on the guessed active set, may be wrong). Taking a
+        derivative that does not exist is reported per ``check``.
     """
 
     y: jax.Array
@@ -316,7 +323,7 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     absent = _ipm.absent_rows(data[5])
     # Polishing, and (probe) whether the derivative exists: both solve with the
     # active-set factorisation that the derivative reuses.
-    sol, active, solve, (value, resid), _, defect = polish_and_probe(
+    sol, active, solve, (value, resid), polished, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
         lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
     )  # fmt: skip
@@ -328,10 +335,18 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     x, y, z = differentiable(sol, (Q, q, A, b, G, h), ok=ok, active=active, solve=solve,
                              diff_solve=diff_solve, check=mode)  # fmt: skip
     if probe:
-        # Does the derivative exist (unique minimiser, independent active constraints)?
-        flagged = (jnp.where(ok, defect[0], QPStatus.DERIVATIVE_EXACT), defect[1])
-        x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
+        # Does the derivative exist (unique minimiser, independent active constraints,
+        # no constraint at a kink to working precision)?
+        margin = degeneracy(sol, active, data, absent)
         code = defect[0]
+        at_kink = (margin <= _DEGENERATE_LEVEL) & (code != QPStatus.NOT_UNIQUE)
+        code = jnp.where(at_kink, QPStatus.DEGENERATE, code)
+        # Not polished: the answer is the interior point's, accurate to the tolerance
+        # only (|x − x*| ≈ √(sᵀz)), and no active set was confirmed for the derivative.
+        unconfirmed = ~polished & (code != QPStatus.NOT_UNIQUE)
+        code = jnp.where(unconfirmed, QPStatus.UNPOLISHED, code).astype(defect[0].dtype)
+        flagged = (jnp.where(ok, code, QPStatus.DERIVATIVE_EXACT), (*defect[1], margin))
+        x, y, z = flag_derivatives((x, y, z), (Q, q, A, b, G, h), flagged, check)
     else:
         code = None
     if not (isinstance(smoothing, (int, float)) and smoothing == 0):
@@ -413,6 +428,39 @@ def _final_status(ipm_status, value, tol, atol):
         [ipm_status, QPStatus.SOLVED, QPStatus.INACCURATE],
         QPStatus.MAX_ITERATIONS,
     )
+
+
+def degeneracy(sol, active, data, absent):
+    r"""Distance of the answer from a kink of the solution map, in rounding units.
+
+    A constraint is *degenerate* when it is active with a zero multiplier: the
+    solution map has a kink there, and the derivative computed on either side is
+    one-sided. At working precision this is the case whenever the deciding quantity
+    is within rounding of zero — the multiplier ``z_i`` of an active row against the
+    rounding of the dual equation it is solved from, the slack ``s_i = h_i − G_i x``
+    of an inactive row against the rounding of ``G_i x − h_i``:
+
+    .. math::  \min\Big(\min_{i\ \text{active}} \frac{z_i ‖G_i‖_∞}{ε\, \max(‖q‖_∞,
+               ‖Qx‖_∞, ‖A^⊤y‖_∞, ‖G^⊤z‖_∞)},\ \min_{i\ \text{inactive}}
+               \frac{h_i − G_i x}{ε\,(|h_i| + |G_i|\,|x|)}\Big)
+
+    (``ε`` the dtype's machine epsilon; absent rows excluded; ``inf`` without rows).
+    Which side the answer lands on is then decided by rounding (float32 data with a
+    multiplier of 1e-7 relative: the derivative O(1) off).
+    """
+    Q, q, A, b, G, h = data
+    x, y, z = sol
+    eps = jnp.finfo(q.dtype).eps
+    tiny = jnp.finfo(q.dtype).tiny
+    Gf, hf = jnp.where(absent[:, None], 0.0, G), jnp.where(absent, 0.0, h)
+    inf_norm = _kkt.inf_norm
+    dual = _kkt.max_of(inf_norm(q), inf_norm(Q @ x), inf_norm(A.T @ y), inf_norm(Gf.T @ z))
+    z_margin = z * jnp.max(jnp.abs(Gf), axis=1, initial=0.0) / jnp.maximum(eps * dual, tiny)
+    s_scale = jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x)
+    s_margin = (hf - Gf @ x) / jnp.maximum(eps * s_scale, tiny)
+    margin = jnp.where(active, z_margin, s_margin)
+    margin = jnp.where(absent, jnp.inf, jnp.where(jnp.isnan(margin), 0.0, margin))
+    return jnp.min(margin, initial=jnp.inf)
 
 
 def _guard(sol, value, iterations, ok, check):
