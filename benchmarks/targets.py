@@ -157,11 +157,20 @@ def _summary_name(wl: str) -> str:
     return name
 
 
+def _forward(impl: str) -> str:
+    """The forward variant a row runs: rows that stop the forward iteration adaptively
+    (optimistix's own loop, the "adaptive forward" rows) are compared with rootdiff's
+    row of the same variant, not with its fixed-iteration default."""
+    adaptive = "adaptive forward" in impl or impl.startswith("optimistix fixed_point")
+    return "adaptive" if adaptive else ""
+
+
 def summary(rows) -> str:
     """One Markdown row per workload: rootdiff against the best alternative.
 
-    rootdiff's row is its first (default) implementation of the workload. The best
-    alternative is the fastest other implementation whose gradient meets the
+    rootdiff's row is its first (default) implementation of the workload with the
+    same forward variant as the alternative (:func:`_forward`). The best alternative
+    is the one rootdiff is slowest against among those whose gradient meets the
     accuracy bar (relative error ≤ 1e-8 in float64, 1e-5 in float32); where none
     does, the fastest one. Ratios are rootdiff / alternative (< 1: rootdiff faster,
     or compiles faster). Below the table, a list names the faster but less accurate
@@ -177,11 +186,22 @@ def summary(rows) -> str:
     timed = [r for r in timed if not r["workload"].startswith(SUMMARY_SKIP)]
     for wl in dict.fromkeys(r["workload"] for r in timed):
         here = [r for r in timed if r["workload"] == wl]
-        mine = next((r for r in here if r["is_rootdiff"]), None)
+        default = next((r for r in here if r["is_rootdiff"]), None)
         others = sorted((r for r in here if not r["is_rootdiff"]), key=lambda r: r["run_ms"])
-        if mine is None or not others:
+        if default is None or not others:
             continue
-        best = next((r for r in others if _accurate(r)), others[0])
+
+        def partner(alt, default=default, here=here):
+            v = _forward(alt["impl"])
+            return next((r for r in here if r["is_rootdiff"] and _forward(r["impl"]) == v), default)
+
+        accurate = [r for r in others if _accurate(r)]
+        if accurate:
+            best = max(accurate, key=lambda r: partner(r)["run_ms"] / r["run_ms"])
+        else:
+            best = others[0]
+        mine = partner(best)
+        others = [r for r in others if _forward(r["impl"]) == _forward(best["impl"])]
         name = _summary_name(wl)
         faster = [r for r in others if r["run_ms"] < best["run_ms"] and r["grad_err"] is not None]
         if faster:
