@@ -123,6 +123,8 @@ def _accurate(r) -> bool:
 
 
 def _short(impl: str) -> str:
+    gmres = "custom_fixed_point (solve_gmres, adaptive forward)"
+    impl = impl.replace(gmres, "GMRES (adaptive forward)")
     for long in [" + implicit diff", " + autodiff", "backend='e', ", "ImplicitAdjoint ",
                  "(implicit_diff=True)", "solve_qp_primal "]:  # fmt: skip
         impl = impl.replace(long, "")
