@@ -381,8 +381,10 @@ def ipm(Q, q, A, b, G, h, *, tol, atol, maxiter, init=None) -> Result:
                 # each round removes only part of the regularisation's error, and an
                 # inexact direction stalls the dual residual.
                 floor = float(jnp.finfo(dtype).eps) ** 0.75 * max_of(*map(inf_norm, rhs))
-                d = _kkt.refine_from_zero(red.apply_inverse, mv, rhs, 1 + forced + _MORE,
-                                          forced=forced, shrink=0.9, floor=floor)  # fmt: skip
+                d, _ = _kkt.refine_from_zero(
+                    red.apply_inverse, mv, rhs, 1 + forced + _MORE, always=1 + forced,
+                    shrink=0.9, floor=floor,
+                )  # fmt: skip
             else:
                 d = red.apply_inverse(rhs)
             dx, dy, dz = d

@@ -225,40 +225,49 @@ def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=
     return improve(apply_inverse, matvec, rhs, d, steps, shrink, floor)
 
 
-def refine_from_zero(apply_inverse, matvec, rhs, steps, forced=0, shrink=0.5, floor=0.0):
+def refine_from_zero(apply_inverse, matvec, rhs, steps, always=0, shrink=0.5, floor=0.0,
+                     blocks=None):  # fmt: skip
     """``d ≈ J⁻¹ rhs`` by rounds ``d += apply_inverse(rhs − matvec(d))`` from ``d = 0``.
 
-    At most ``steps`` solves (the first is the plain regularised solve): after the
-    first ``1 + forced``, further ones only while the residual ``‖rhs − matvec(d)‖∞``
-    is above ``floor`` and shrank by the factor ``shrink`` in the last round.
+    At most ``steps`` solves (the first is the plain regularised solve): the first
+    ``always`` unconditionally, further ones only while the residual
+    ``‖rhs − matvec(d)‖∞`` is above ``floor`` and shrank by the factor ``shrink`` in
+    the last round (the first conditional round: while it is above ``floor``).
+    ``blocks``: a function mapping a residual to a tuple of sizes (its parts' norms);
+    then the rounds go on while any part does so. Returns ``(d, size)``, the
+    residual's size (the tuple with ``blocks``) after the last round.
     Starting from zero puts the first solve inside the loop: the program holds one
     traced (and compiled) copy of ``apply_inverse`` and of ``matvec``, not one per
     stage (:func:`refine` has three). A ``while_loop``: under ``vmap`` it runs while
     some problem of the batch still needs a round.
     """
 
-    def size_of(e):
-        return max_of(*[inf_norm(v) for v in jax.tree.leaves(e)])
+    def sizes_of(e):
+        if blocks is not None:
+            return tuple(blocks(e))
+        return (max_of(*[inf_norm(v) for v in jax.tree.leaves(e)]),)
 
     def cond(c):
         k, _, _, size, prev = c
-        return (k < steps) & ((k <= forced) | ((size > floor) & (size < shrink * prev)))
+        going = [(s > floor) & (s < shrink * p) for s, p in zip(size, prev, strict=True)]
+        return (k < steps) & ((k < always) | functools.reduce(jnp.logical_or, going))
 
     def body(c):
         k, d, e, size, _ = c
         d = jax.tree.map(jnp.add, d, apply_inverse(e))
         e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        # The shrink test starts after the forced rounds (their last one counts as
-        # having shrunk: only the floor decides the first further round).
-        prev = jnp.where(k <= forced, jnp.inf, size)
-        return k + 1, d, e, size_of(e), prev
+        # The shrink test starts after the unconditional rounds (their last one counts
+        # as having shrunk: only the floor decides the first further round).
+        prev = tuple(jnp.where(k < always, jnp.inf, s) for s in size)
+        return k + 1, d, e, sizes_of(e), prev
 
-    size = size_of(rhs)
+    size = sizes_of(rhs)
     # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
-    inf = jnp.zeros_like(size) + jnp.inf
+    inf = tuple(jnp.zeros_like(s) + jnp.inf for s in size)
     d0 = jax.tree.map(jnp.zeros_like, rhs)
-    init = (jnp.zeros_like(size, jnp.int32), d0, rhs, size, inf)
-    return jax.lax.while_loop(cond, body, init)[1]
+    init = (jnp.zeros_like(size[0], jnp.int32), d0, rhs, size, inf)
+    _, d, _, size, _ = jax.lax.while_loop(cond, body, init)
+    return d, (size if blocks is not None else size[0])
 
 
 def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0, return_residual=False):

@@ -90,46 +90,6 @@ def active_set_factor(scaled, active):
     return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
 
 
-def refine_from_zero(apply_inverse, matvec, rhs, steps, shrink=0.5, blocks=None):
-    """``d ≈ J⁻¹ rhs`` by refinement rounds ``d += apply_inverse(rhs − J d)`` from ``d = 0``.
-
-    At most ``steps`` rounds (the first is the plain regularised solve), stopping once
-    the residual ``‖rhs − J d‖∞`` no longer shrinks by the factor ``shrink`` (rounding
-    reached, or a singular direction that refinement cannot remove) or is zero.
-    ``J d`` is ``matvec(d)``. Returns ``(d, residual)``, the residual of ``d``.
-    ``blocks``: a function mapping a residual to a tuple of sizes (its parts' norms);
-    then the rounds go on while any part still shrinks, and ``residual`` is that tuple.
-
-    Why not ``_kkt.refine``: starting from zero puts the first solve inside the loop, so
-    the program holds one traced (and compiled) copy of ``apply_inverse`` and of
-    ``matvec`` instead of two (the initial solve of ``refine``, then its loop's).
-    """
-
-    def sizes_of(e):
-        if blocks is not None:
-            return tuple(blocks(e))
-        return (_kkt.max_of(*[_kkt.inf_norm(v) for v in jax.tree.leaves(e)]),)
-
-    def cond(c):
-        k, _, _, size, prev = c
-        going = [(s < shrink * p) & (s > 0) for s, p in zip(size, prev, strict=True)]
-        return (k < steps) & functools.reduce(jnp.logical_or, going)
-
-    def body(c):
-        k, d, e, size, _ = c
-        d = jax.tree.map(jnp.add, d, apply_inverse(e))
-        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return k + 1, d, e, sizes_of(e), size
-
-    size = sizes_of(rhs)
-    # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
-    inf = tuple(jnp.zeros_like(s) + jnp.inf for s in size)
-    d0 = jax.tree.map(jnp.zeros_like, rhs)
-    init = (jnp.zeros_like(size[0], jnp.int32), d0, rhs, size, inf)
-    _, d, _, size, _ = jax.lax.while_loop(cond, body, init)
-    return d, (size if blocks is not None else size[0])
-
-
 def active_set_solve(scaled, active, steps=_REFINE, red=None):
     """``solve(matvec, r)`` for the active-set Jacobian, factorised once.
 
@@ -139,7 +99,7 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
     inactive ones eliminated), mapped back, then refined up to ``steps`` times
     against the exact ``matvec`` it is given (so transposed systems work: ``J`` is
     symmetric), while the residual of some block (in equilibrated units) still halves
-    (:func:`refine_from_zero`; ``by_block=False``: while the whole residual halves).
+    (:func:`_kkt.refine_from_zero`; ``by_block=False``: while the whole residual halves).
     ``red``: the :func:`active_set_factor` of ``active``, if already computed.
     ``solve.apply_inverse``: the regularised solve alone (no refinement).
     """
@@ -166,7 +126,7 @@ def active_set_solve(scaled, active, steps=_REFINE, red=None):
 
     def solve(matvec, rhs, steps=steps, by_block=True):
         parts = scaled_parts if by_block else None
-        return refine_from_zero(apply_inverse, matvec, rhs, steps + 1, blocks=parts)[0]
+        return _kkt.refine_from_zero(apply_inverse, matvec, rhs, steps + 1, blocks=parts)[0]
 
     solve.factor = red
     solve.apply_inverse = apply_inverse
@@ -418,7 +378,7 @@ def derivative_defect(scaled, active, red, steps=_REFINE):
     def blocks(e):
         return _kkt.inf_norm(e[0]), _kkt.max_of(_kkt.inf_norm(e[1]), _kkt.inf_norm(e[2]))
 
-    _, errs = refine_from_zero(red.apply_inverse, mv, r, steps + 1, blocks=blocks)
+    _, errs = _kkt.refine_from_zero(red.apply_inverse, mv, r, steps + 1, blocks=blocks)
     tiny = jnp.finfo(Qs.dtype).tiny
     res_x, res_c = (
         jnp.where(jnp.isnan(e), jnp.inf, e / jnp.maximum(size, tiny))
