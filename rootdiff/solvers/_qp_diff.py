@@ -164,6 +164,21 @@ def _probe(scaled, active):
     return zx + generic(n, 0.3), zy + generic(p, 0.7), jnp.where(active, zz + generic(m, 1.1), zz)
 
 
+def slack_margin(x, Gf, hf):
+    r"""The slacks ``h_i − G_i x`` in rounding units of ``G_i x − h_i``:
+
+    .. math::  \frac{h_i − G_i x}{ε\,(|h_i| + |G_i|\,|x|)}
+
+    (``ε`` the dtype's machine epsilon; the denominator at least the smallest normal
+    number). ``Gf``, ``hf``: ``G`` and ``h`` with absent rows zeroed (``(m, n)``,
+    ``(m,)``). Below ``−1`` a row is violated beyond rounding; near zero (from either
+    side) it is at a kink (:func:`rootdiff.solvers.qp.degeneracy`).
+    """
+    eps, tiny = jnp.finfo(hf.dtype).eps, jnp.finfo(hf.dtype).tiny
+    scale = jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x)
+    return (hf - Gf @ x) / jnp.maximum(eps * scale, tiny)
+
+
 def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, probe=True):
     """:func:`polish` on ``active`` with active-set corrections, then (``probe``)
     :func:`derivative_defect` with the factorisation polishing leaves.
@@ -178,31 +193,34 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
     polishing is tried again, at most ``rounds`` times (a ``while_loop``: nothing
     more runs when the first try is consistent). The first consistent point is
     returned, else the kept one of lowest merit.
-    Each round evaluates ``merit`` on ``sol`` and the polished point at once (one copy
-    of ``merit`` in the program, whose residuals are also the ones reported).
+    Each round measures ``sol`` and the polished point at once: ``merit`` and the
+    :func:`slack_margin` of every row (one traced copy of each in the program; the
+    residuals are also the ones reported, the margins serve the consistency test and
+    :func:`rootdiff.solvers.qp.degeneracy`).
 
     ``merit(point)`` returns ``(value, residuals)`` (as :func:`rootdiff.solvers._ipm.merit`).
-    Returns ``(point, active, solve, (value, residuals), taken, defect)``: the polished
-    point, its active set and active-set ``solve`` if one was kept, else ``sol``,
-    ``active`` and its solve; ``merit`` of the returned point; whether a polished point
-    was kept; and :func:`derivative_defect` for the returned active set (``None``
-    without ``probe``).
+    Returns ``(point, active, solve, (value, residuals, slack), taken, defect)``: the
+    polished point, its active set and active-set ``solve`` if one was kept, else
+    ``sol``, ``active`` and its solve; ``merit`` and :func:`slack_margin` of the
+    returned point; whether a polished point was kept; and :func:`derivative_defect`
+    for the returned active set (``None`` without ``probe``).
     """
     G, h = data[4], data[5]
     Gf, hf = jnp.where(absent[:, None], 0.0, G), jnp.where(absent, 0.0, h)
-    eps = jnp.finfo(hf.dtype).eps
     # Placeholders for the loop's first carry, typed like the data (not literals).
     zero = jnp.zeros_like(jnp.sum(sol[0]) + jnp.sum(scaled[0][0]))
     stack = functools.partial(jax.tree.map, lambda *c: jnp.stack(c))
 
-    def violated(x, act):
-        # Inactive rows that x violates by more than the rounding of G_i x − h_i.
-        r = Gf @ x - hf
-        return (r > eps * (jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x))) & ~act & ~absent
+    def violated(slack, act):
+        # Inactive rows violated by more than the rounding of G_i x − h_i.
+        return (slack < -1.0) & ~act & ~absent
+
+    def measure(point):  # (merit value, residuals, slack margins)
+        return (*merit(point), slack_margin(point[0], Gf, hf))
 
     def attempt(act, red):
         pol = polish(sol, act, data, active_set_solve(scaled, act, red=red))
-        both = jax.vmap(merit)(stack(sol, pol))
+        both = jax.vmap(measure)(stack(sol, pol))
         sol_meas, pol_meas = (jax.tree.map(lambda v, i=i: v[i], both) for i in (0, 1))
         z_min = jnp.min(jnp.where(act, pol[2], jnp.inf), initial=jnp.inf)
         kkt = jnp.all(jnp.isfinite(pol[0])) & (z_min >= 0)
@@ -213,7 +231,7 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
         # measures lower: the merit's duality gap cancels terms (in float32 its
         # rounding is 5 % of the tolerance) and cannot see ``sol``'s s ⊙ z ≠ 0, which
         # moves x by about √(sᵀz) (5e-4 on that benchmark).
-        consistent = kkt & ~jnp.any(violated(pol[0], act))
+        consistent = kkt & ~jnp.any(violated(pol_meas[2], act))
         better = pol_meas[0] <= sol_meas[0]
         take = kkt & (better | (consistent & (pol_meas[0] <= 1.0)))
         return pol, pol_meas, sol_meas, take, consistent & take
@@ -226,9 +244,8 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
         # Round 0 polishes on ``active``; later rounds on the last one's correction.
         # All rounds share this one traced (and compiled) body. The best point so far
         # is kept: a consistent one first, else the lowest merit.
-        k, act, last, b_act, b_red, b_pol, b_meas, _, b_take, _, _ = st
-        x, _, z = last
-        new = jnp.where(k == 0, act, (act & (z > 0)) | violated(x, act))
+        k, act, (last, last_slack), b_act, b_red, b_pol, b_meas, _, b_take, _, _ = st
+        new = jnp.where(k == 0, act, (act & (last[2] > 0)) | violated(last_slack, act))
         # "+ zero": typed like the carry (device-varying under shard_map when the
         # data are), although parts of the factor depend on replicated data only.
         red = jax.tree.map(lambda a: a + zero.astype(a.dtype), active_set_factor(scaled, new))
@@ -239,16 +256,17 @@ def polish_and_probe(sol, active, data, scaled, absent, merit, rounds=_ROUNDS, p
         b_red = jax.tree.map(lambda a, b: jnp.where(better | (k == 0), a, b), red, b_red)
         b_act, b_pol, b_meas = sel((new, pol, pol_meas), (b_act, b_pol, b_meas))
         changed = (k == 0) | jnp.any(new != act)
-        return (k + 1, new, pol, b_act, b_red, b_pol, b_meas, sol_meas, b_take | better,
-                consistent, changed)  # fmt: skip
+        return (k + 1, new, (pol, pol_meas[2]), b_act, b_red, b_pol, b_meas, sol_meas,
+                b_take | better, consistent, changed)  # fmt: skip
 
     def placeholder(shapes):
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype) + zero.astype(s.dtype), shapes)
 
     red_init = placeholder(jax.eval_shape(active_set_factor, scaled, active))
-    meas_init = placeholder(jax.eval_shape(merit, sol))
+    meas_init = placeholder(jax.eval_shape(measure, sol))
     k0 = zero.astype(jnp.int32)
-    init = (k0, active, sol, active, red_init, sol, meas_init, meas_init, k0 < 0, k0 < 0, k0 == 0)
+    last = (sol, meas_init[2])
+    init = (k0, active, last, active, red_init, sol, meas_init, meas_init, k0 < 0, k0 < 0, k0 == 0)
     out = jax.lax.while_loop(cond, body, init)
     _, _, _, act, red, pol, pol_meas, sol_meas, take, _, _ = out
     sel = functools.partial(jax.tree.map, lambda a, b: jnp.where(take, a, b))
@@ -322,7 +340,8 @@ def _central_path_solve(Q, A, G, w):
         return dx, dy, jnp.where(finite, dz, r[2])
 
     def solve(matvec, rhs):
-        return _kkt.refine(apply_inverse, matvec, rhs, 2, unrolled=True)
+        # Three solves, unconditionally (the regularised one and two refinement rounds).
+        return _kkt.refine_from_zero(apply_inverse, matvec, rhs, 3, always=3)[0]
 
     return solve
 

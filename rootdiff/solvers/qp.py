@@ -29,6 +29,7 @@ from rootdiff.solvers._qp_diff import (
     polish_and_probe,
     qp_central_path_residual,
     qp_kkt_residual,
+    slack_margin,
 )
 from rootdiff.solvers._qp_elastic import elastic_data
 from rootdiff.solvers.eq_qp import _sym, solve_eq_qp
@@ -323,7 +324,7 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     absent = _ipm.absent_rows(data[5])
     # Polishing, and (probe) whether the derivative exists: both solve with the
     # active-set factorisation that the derivative reuses.
-    sol, active, solve, (value, resid), polished, defect = polish_and_probe(
+    sol, active, solve, (value, resid, slack), polished, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
         lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
     )  # fmt: skip
@@ -337,7 +338,7 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     if probe:
         # Does the derivative exist (unique minimiser, independent active constraints,
         # no constraint at a kink to working precision)?
-        margin = degeneracy(sol, active, data, absent)
+        margin = degeneracy(sol, active, data, absent, slack)
         code = defect[0]
         at_kink = (margin <= _DEGENERATE_LEVEL) & (code != QPStatus.NOT_UNIQUE)
         code = jnp.where(at_kink, QPStatus.DEGENERATE, code)
@@ -405,7 +406,9 @@ def _central_path(data, sol, s, kappa, absent, steps=30):
             dx, dy, dz = d
             return (Q @ dx + A.T @ dy + Gf.T @ dz, A @ dx, Gf @ dx - D * dz)
 
-        dx, dy, dz = _kkt.refine(red.apply_inverse, mv, (-rd, -rpe, -rpi + rc / z), 2)
+        # The regularised solve, then up to two refinement rounds while the residual halves.
+        rhs = (-rd, -rpe, -rpi + rc / z)
+        dx, dy, dz = _kkt.refine_from_zero(red.apply_inverse, mv, rhs, 3, always=1)[0]
         ds = (-rc - s * dz) / z
         a = jnp.minimum(1.0, 0.99 * jnp.minimum(_ipm._max_step(s, ds), _ipm._max_step(z, dz)))
         return x + a * dx, y + a * dy, z + a * dz, s + a * ds
@@ -430,7 +433,7 @@ def _final_status(ipm_status, value, tol, atol):
     )
 
 
-def degeneracy(sol, active, data, absent):
+def degeneracy(sol, active, data, absent, slack=None):
     r"""Distance of the answer from a kink of the solution map, in rounding units.
 
     A constraint is *degenerate* when it is active with a zero multiplier: the
@@ -446,7 +449,8 @@ def degeneracy(sol, active, data, absent):
 
     (``ε`` the dtype's machine epsilon; absent rows excluded; ``inf`` without rows).
     Which side the answer lands on is then decided by rounding (float32 data with a
-    multiplier of 1e-7 relative: the derivative O(1) off).
+    multiplier of 1e-7 relative: the derivative O(1) off). ``slack``: the second
+    term's :func:`rootdiff.solvers._qp_diff.slack_margin` of ``x``, if already computed.
     """
     Q, q, A, b, G, h = data
     x, y, z = sol
@@ -456,8 +460,7 @@ def degeneracy(sol, active, data, absent):
     inf_norm = _kkt.inf_norm
     dual = _kkt.max_of(inf_norm(q), inf_norm(Q @ x), inf_norm(A.T @ y), inf_norm(Gf.T @ z))
     z_margin = z * jnp.max(jnp.abs(Gf), axis=1, initial=0.0) / jnp.maximum(eps * dual, tiny)
-    s_scale = jnp.abs(hf) + jnp.abs(Gf) @ jnp.abs(x)
-    s_margin = (hf - Gf @ x) / jnp.maximum(eps * s_scale, tiny)
+    s_margin = slack_margin(x, Gf, hf) if slack is None else slack
     margin = jnp.where(active, z_margin, s_margin)
     margin = jnp.where(absent, jnp.inf, jnp.where(jnp.isnan(margin), 0.0, margin))
     return jnp.min(margin, initial=jnp.inf)
