@@ -403,33 +403,35 @@ def test_sharded_batch_over_8_host_devices():
 
 
 def test_corrector_extra_rounds_run_only_when_the_residual_asks():
-    # The interior point's corrector may add refinement rounds; on an already accurate
-    # direction (residual at its floor) it must not solve at all: the solve below is
-    # deliberately wrong, so any round taken would move d.
-    from rootdiff.solvers._kkt import improve
+    # The interior point's corrector may add refinement rounds; once the residual is at
+    # its floor it must not solve again: the inverse below is exact on the first
+    # right-hand side and deliberately wrong on any smaller one, so a further round
+    # would move d.
+    from rootdiff.solvers._kkt import refine_from_zero
 
     M = jnp.array([[4.0, 1.0], [1.0, 3.0]])
     rhs = (jnp.array([1.0, 2.0]),)
-    exact = (jnp.linalg.solve(M, rhs[0]),)
+    exact = jnp.linalg.solve(M, rhs[0])
 
     def mv(d):
         return (M @ d[0],)
 
     def wrong(e):
-        return (1e3 * e[0] + 1.0,)
+        small = jnp.max(jnp.abs(e[0])) < 1e-3
+        return (jnp.linalg.solve(M, e[0]) + jnp.where(small, 1.0, 0.0),)
 
-    kept = jax.jit(lambda d: improve(wrong, mv, rhs, d, 7, 0.9, 1e-12))(exact)
-    np.testing.assert_array_equal(kept[0], exact[0])
+    kept, size = jax.jit(lambda r: refine_from_zero(wrong, mv, r, 8, 1, 0.9, 1e-12))(rhs)
+    np.testing.assert_allclose(kept[0], exact, rtol=1e-15)
+    assert float(size) <= 1e-12
 
     # A rough inverse (half the true one) is refined while the residual falls.
     def half(e):
         return (0.5 * jnp.linalg.solve(M, e[0]),)
 
-    d0 = (0.5 * exact[0],)
-    refined = jax.jit(lambda d: improve(half, mv, rhs, d, 7, 0.9, 1e-12))(d0)
-    err = np.abs(np.asarray(refined[0] - exact[0])).max()
-    assert err <= 0.5**8 * np.abs(np.asarray(exact[0])).max() * 1.01
-    assert err > 0  # at most 7 rounds were taken
+    refined, _ = jax.jit(lambda r: refine_from_zero(half, mv, r, 8, 1, 0.9, 1e-12))(rhs)
+    err = np.abs(np.asarray(refined[0] - exact)).max()
+    assert err <= 0.5**8 * np.abs(np.asarray(exact)).max() * 1.01
+    assert err > 0  # at most 8 solves were taken
 
 
 # --- ipmfast

@@ -155,7 +155,7 @@ class Reduced:
 
     ``D`` is given as ``d`` (``(m,)``, ``≥ 0``, ``+inf`` allowed: that row drops out,
     as an absent constraint). :meth:`apply_inverse` solves the regularised
-    unreduced system; :func:`refine` corrects it against an exact ``matvec``.
+    unreduced system; :func:`refine_from_zero` corrects it against an exact ``matvec``.
     A pytree (its arrays are the leaves): it can be carried through a loop.
 
     Up to :data:`SMALL` unknowns the quasi-definite matrix is factorised by the
@@ -201,30 +201,6 @@ class Reduced:
         return dx, dy, w * (G @ dx - rz)
 
 
-def refine(apply_inverse, matvec, rhs, steps, unrolled=False, shrink=0.5, floor=0.0):
-    """Up to ``steps`` rounds of iterative refinement of ``apply_inverse(rhs)`` against ``matvec``.
-
-    Stops early once the residual stops shrinking by the factor ``shrink`` (rounding
-    reached) or is at most ``floor`` (see :func:`improve`).
-    ``unrolled``: exactly ``steps`` rounds, no early stop (a loop of fixed length), for
-    solves traced inside ``custom_root``'s linear solve and inside the interior-point
-    loop under ``vmap`` (no batched stopping test).
-    """
-    d = apply_inverse(rhs)
-    if steps == 0:
-        return d
-    if unrolled:
-
-        def step(_, d):
-            e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-            return jax.tree.map(jnp.add, d, apply_inverse(e))
-
-        # A loop of fixed length (its body is traced and compiled once), not a Python
-        # loop: each unrolled copy of the solve is compiled separately.
-        return jax.lax.fori_loop(0, steps, step, d)
-    return improve(apply_inverse, matvec, rhs, d, steps, shrink, floor)
-
-
 def refine_from_zero(apply_inverse, matvec, rhs, steps, always=0, shrink=0.5, floor=0.0,
                      blocks=None):  # fmt: skip
     """``d ≈ J⁻¹ rhs`` by rounds ``d += apply_inverse(rhs − matvec(d))`` from ``d = 0``.
@@ -238,8 +214,8 @@ def refine_from_zero(apply_inverse, matvec, rhs, steps, always=0, shrink=0.5, fl
     residual's size (the tuple with ``blocks``) after the last round.
     Starting from zero puts the first solve inside the loop: the program holds one
     traced (and compiled) copy of ``apply_inverse`` and of ``matvec``, not one per
-    stage (:func:`refine` has three). A ``while_loop``: under ``vmap`` it runs while
-    some problem of the batch still needs a round.
+    stage (a first solve, then a refinement loop, would hold two). A ``while_loop``:
+    under ``vmap`` it runs while some problem of the batch still needs a round.
     """
 
     def sizes_of(e):
@@ -268,37 +244,3 @@ def refine_from_zero(apply_inverse, matvec, rhs, steps, always=0, shrink=0.5, fl
     init = (jnp.zeros_like(size[0], jnp.int32), d0, rhs, size, inf)
     _, d, _, size, _ = jax.lax.while_loop(cond, body, init)
     return d, (size if blocks is not None else size[0])
-
-
-def improve(apply_inverse, matvec, rhs, d, steps, shrink=0.5, floor=0.0, return_residual=False):
-    """Refinement rounds ``d += apply_inverse(rhs − matvec(d))`` while the residual
-    ``‖rhs − matvec(d)‖∞`` is above ``floor`` and still shrinks by the factor ``shrink``,
-    at most ``steps``.
-
-    The residual of ``d`` itself is tested first: nothing is solved when it is already
-    at ``floor``. A ``while_loop`` (the solve is traced once), so under ``vmap`` it
-    runs only while some problem of the batch still needs a round.
-    ``return_residual``: also return ``‖rhs − matvec(d)‖∞`` of the returned ``d``.
-    """
-
-    def err(d):
-        e = jax.tree.map(jnp.subtract, rhs, matvec(d))
-        return e, max_of(*[inf_norm(v) for v in jax.tree.leaves(e)])
-
-    def cond(c):
-        k, _, _, size, prev = c
-        return (k < steps) & (size < shrink * prev) & (size > floor)
-
-    def body(c):
-        k, d, e, size, _ = c
-        d = jax.tree.map(jnp.add, d, apply_inverse(e))
-        e_new, size_new = err(d)
-        return k + 1, d, e_new, size_new, size
-
-    e, size = err(d)
-    # Scalars typed like the data (a literal has no mesh in its type: Explicit meshes).
-    inf = jnp.zeros_like(size) + jnp.inf
-    _, d, _, size, _ = jax.lax.while_loop(
-        cond, body, (jnp.zeros_like(size, jnp.int32), d, e, size, inf)
-    )
-    return (d, size) if return_residual else d
