@@ -648,3 +648,33 @@ def test_interior_point_loop_traces_two_step_solves():
     finally:
         _kkt.Reduced.apply_inverse = original
     assert len(calls) == 3
+
+
+# --- qppost
+
+
+def test_polishing_returns_the_slack_margins_of_the_point_it_returns():
+    # degeneracy() reuses polishing's slack margins (rounding units of h_i − G_i x) instead
+    # of recomputing G x: they must be the returned point's, not the interior point's
+    # (whose active rows sit ~1e-10 / eps units off the boundary, not within rounding).
+    from rootdiff.solvers import _ipm
+    from rootdiff.solvers._qp_diff import polish_and_probe, slack_margin
+
+    Q, q, A, b, G, h = _problem(0)
+
+    @jax.jit
+    def run(*data):
+        res = _ipm.ipm(*data, tol=1e-10, atol=0.0, maxiter=50)
+        absent = _ipm.absent_rows(h)
+        point, active, _, (_, _, slack), taken, _ = polish_and_probe(
+            (res.x, res.y, res.z), res.active, data, res.scaled, absent,
+            lambda v: _ipm.merit(*data, absent, *v, 1e-10, 0.0), probe=False,
+        )  # fmt: skip
+        return point[0], res.x, active, slack, taken
+
+    x, x_ipm, active, slack, taken = run(Q, q, A, b, G, h)
+    assert bool(taken) and bool(jnp.any(active))
+    np.testing.assert_allclose(slack, slack_margin(x, G, h), rtol=1e-9, atol=8.0)
+    assert np.all(np.abs(np.asarray(slack)[np.asarray(active)]) <= 8.0)  # on the boundary
+    ipm_slack = np.asarray(slack_margin(x_ipm, G, h))[np.asarray(active)]
+    assert np.all(np.abs(ipm_slack) > 1e3)  # the interior point's would not be
