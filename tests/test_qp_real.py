@@ -299,7 +299,7 @@ def _polish_from(x, y, z, active):
     absent = _ipm.absent_rows(h)
     (Qs, _, As, _, Gs, _), sc = _ipm.equilibrate(*data, absent)
     merit = lambda v: _ipm.merit(*data, absent, *v, 1e-10, 0.0)  # noqa: E731
-    point, active, _, (value, _), taken, _ = _qp_diff.polish_and_probe(
+    point, active, _, (value, *_), taken, _ = _qp_diff.polish_and_probe(
         (x, y, z), active, data, (Qs, As, Gs, sc), absent, merit, probe=False
     )
     return point, active, value, taken
