@@ -23,6 +23,7 @@ along random directions, and the worst disagreement is reported in the note.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -281,13 +282,72 @@ def run_qpax_config(quick: bool = False) -> list[Row]:
     return rows
 
 
+def iteration_counts(repeats: int = 9) -> list[str]:
+    """Interior-point iterations and time per iteration, rootdiff beside qpax (forward only).
+
+    Per workload: the iterations of every problem of the batch (under ``vmap`` the loop
+    runs until the slowest is done, so the maximum is what the batch pays), and the
+    run time of rootdiff's interior-point loop alone (``rootdiff.solvers._ipm.ipm``:
+    equilibration, the loop, no polishing or derivative) and of qpax's whole forward
+    solve, each divided by its maximum. The two are timed interleaved in one process
+    (minimum of ``repeats`` calls); read the ratios, not the absolute times.
+    """
+    import time
+
+    import qpax
+
+    import rootdiff
+    from rootdiff.solvers import _ipm
+
+    def ipm_only(*a):
+        tol = 1e-10 if a[1].dtype == jnp.float64 else 1e-5
+        r = _ipm.ipm(*a, tol=tol, atol=0.0, maxiter=100)
+        return r.x, r.k
+
+    cases = [
+        ("256 NNLS n=5", nnls_batch(256)),
+        ("64 x (n=50, p=10, m=100)", general_batch(64, 50, 10, 100)),
+        ("qpax config 64 x (n=32, m=64) float64", qpax_batch(64)),
+        ("qpax config 64 x (n=32, m=64) float32", qpax_batch(64, dtype=np.float32)),
+    ]
+    lines = []
+    for name, data in cases:
+        data = tuple(map(jnp.asarray, data))
+        info = jax.jit(jax.vmap(lambda *a: rootdiff.solve_qp(*a, return_info=True, check="off")[1]))
+        k_rd = np.asarray(info(*data).iterations)
+        k_qp = np.asarray(jax.jit(jax.vmap(lambda *a: qpax.solve_qp(*a)[-1]))(*data))
+        fns = {
+            "rootdiff loop": jax.jit(jax.vmap(ipm_only)).lower(*data).compile(),
+            "qpax forward": jax.jit(jax.vmap(qpax.solve_qp_primal)).lower(*data).compile(),
+        }
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            jax.block_until_ready(f(*data))
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                jax.block_until_ready(f(*data))
+                times[k].append(time.perf_counter() - t)
+        t_rd, t_qp = (1e3 * min(times[k]) for k in fns)
+        lines.append(
+            f"{name}: iterations rootdiff max {k_rd.max()} mean {k_rd.mean():.1f}, "
+            f"qpax max {k_qp.max()} mean {k_qp.mean():.1f}; rootdiff loop {t_rd:.2f} ms "
+            f"({t_rd / k_rd.max():.2f} ms/iteration), qpax forward {t_qp:.2f} ms "
+            f"({t_qp / k_qp.max():.2f} ms/iteration); 1-min load {os.getloadavg()[0]:.1f}"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 WORKLOADS = {"qp_nnls": run_nnls, "qp_general": run_general, "qp_qpax_config": run_qpax_config}
 
 if __name__ == "__main__":
     from benchmarks._common import format_table
 
     q = "--quick" in sys.argv
-    if "--warm-start" in sys.argv:
+    if "--iterations" in sys.argv:
+        iteration_counts()
+    elif "--warm-start" in sys.argv:
         c, w, d = warm_start_sequence()
         print(f"cold iterations {c} (total {sum(c)})\nwarm iterations {w} (total {sum(w)})")
         print(f"largest |x_warm - x_cold| = {d:.1e}")
