@@ -230,11 +230,12 @@ def gmres(
         active = jnp.arange(m) < j
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
-        # A zero pivot (breakdown) divides by 1. (A scatter on the diagonal, not a mask:
-        # ``eye`` reaches this branch of a ``cond`` device-varying under ``shard_map``,
-        # and comparing it with a constant fails JAX's varying-axes check.)
-        diag = jnp.where(active, jnp.diagonal(R_j), 1)
-        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
+        # A zero pivot (breakdown) divides by 1: the diagonal replaced exactly, as
+        # ``d + (safe(d) − d)`` on it (not a scatter, a larger kernel to compile; not a
+        # mask: ``eye`` reaches this branch of a ``cond`` device-varying under
+        # ``shard_map``, and comparing it with a constant fails JAX's varying-axes check).
+        diag = jnp.diagonal(R_j)
+        R_j = R_j + eye * (safe(diag) - diag)[None, :]
         g = jnp.where(active, beta * Q[:m, 0], 0)
         # As the transposed lower-triangular system: LAPACK reads the row-major R_j
         # as its column-major transpose, so XLA needs no transposed copy of it.
@@ -264,7 +265,8 @@ def gmres(
         w = w - h2 @ V
         h = h + h2
         h_next = _norm(w)
-        V = V.at[j + 1].set(jnp.where(h_next > tiny, w / safe(h_next, tiny), 0))
+        # Normalised by a scalar factor (0 at a breakdown), not a select of vectors.
+        V = V.at[j + 1].set(w * jnp.where(h_next > tiny, 1 / safe(h_next, tiny), 0))
         # The small (m + 1)-sized updates below select rows and columns by masks, not
         # by dynamic slices: XLA fuses them into a few kernels (compile time grows
         # with the kernels of the loop body, run time is the products by A and V).
@@ -275,14 +277,18 @@ def gmres(
         denom = jnp.hypot(hj, hj1)
         c = jnp.where(denom > 0, hj / safe(denom), 1)
         s = jnp.where(denom > 0, hj1 / safe(denom), 0)
-        Qj = jnp.sum(jnp.where(at_j[:, None], Q, 0), axis=0)
-        Qj1 = jnp.sum(jnp.where(at_j1[:, None], Q, 0), axis=0)
-        Qj, Qj1 = c * Qj + s * Qj1, -s * Qj + c * Qj1
-        Q = jnp.where(at_j[:, None], Qj, jnp.where(at_j1[:, None], Qj1, Q))
+        # Rows j, j + 1 of Q rotated, as the product by the rotation G (exact: the
+        # other terms of each sum are zeros), fewer and smaller kernels than row selects.
+        fj, fj1 = at_j.astype(dtype), at_j1.astype(dtype)
+        G = (
+            jnp.eye(m + 1, dtype=dtype) + jnp.diag((c - 1) * (fj + fj1))
+            + s * (fj[:, None] * fj1[None, :] - fj1[:, None] * fj[None, :])
+        )  # fmt: skip
+        Q = G @ Q
         col = jnp.where(at_j, denom, jnp.where(at_j1, 0, h))
         R = jnp.where(jnp.arange(m)[None, :] == j, col[:, None], R)
         j, it = j + 1, it + 1
-        res = jnp.abs(beta * Qj1[0])  # least-squares residual after j steps
+        res = jnp.abs(beta * jnp.sum(fj1 * Q[:, 0]))  # least-squares residual after j steps
         end = (res <= thresh) | (j >= m) | (it >= maxiter)
         return x, V, Q, R, beta, res, j, end, jnp.zeros_like(end), it
 
