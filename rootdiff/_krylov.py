@@ -231,11 +231,13 @@ def gmres(
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
         # A zero pivot (breakdown) divides by 1: the diagonal replaced exactly, as
-        # ``d + (safe(d) − d)`` on it (not a scatter, a larger kernel to compile; not a
-        # mask: ``eye`` reaches this branch of a ``cond`` device-varying under
-        # ``shard_map``, and comparing it with a constant fails JAX's varying-axes check).
+        # ``d + (safe(d) − d)`` on it (not a scatter, a larger kernel to compile). The
+        # diagonal's indicator is built here: the closed-over ``eye`` reaches this
+        # branch of a ``cond`` device-varying under ``shard_map``, and comparing it
+        # with a constant, or adding it to R_j, fails JAX's varying-axes check.
         diag = jnp.diagonal(R_j)
-        R_j = R_j + eye * (safe(diag) - diag)[None, :]
+        on_diag = (jnp.arange(m)[:, None] == jnp.arange(m)[None, :]).astype(dtype)
+        R_j = R_j + on_diag * (safe(diag) - diag)[None, :]
         g = jnp.where(active, beta * Q[:m, 0], 0)
         # As the transposed lower-triangular system: LAPACK reads the row-major R_j
         # as its column-major transpose, so XLA needs no transposed copy of it.
@@ -280,8 +282,9 @@ def gmres(
         # Rows j, j + 1 of Q rotated, as the product by the rotation G (exact: the
         # other terms of each sum are zeros), fewer and smaller kernels than row selects.
         fj, fj1 = at_j.astype(dtype), at_j1.astype(dtype)
+        eye1 = jnp.eye(m + 1, dtype=dtype)
         G = (
-            jnp.eye(m + 1, dtype=dtype) + jnp.diag((c - 1) * (fj + fj1))
+            eye1 + eye1 * ((c - 1) * (fj + fj1))[None, :]
             + s * (fj[:, None] * fj1[None, :] - fj1[:, None] * fj[None, :])
         )  # fmt: skip
         Q = G @ Q
