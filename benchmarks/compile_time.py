@@ -110,8 +110,9 @@ host callback each) — at 5–8 ms each. A dot product of two vectors is three 
 for XLA:CPU (product, partial sums, final sum) and a variadic reduction one, but
 taking the Krylov solvers' dot products as variadic reductions made ridge *slower* to
 compile (95 kernels, +12 %: XLA's sequential reduction loop is a larger kernel), and
-lost accuracy in float32; it was dropped. Lasso (1.11×, ``check='off'`` 0.99×) and LML
-(0.94–1.03×) did not change: neither solves a Krylov system in these workloads.
+sums in order lose accuracy in float32; it was dropped. Lasso (1.11×, ``check='off'``
+0.99×; its derivative's CG is the smaller part of its program) and LML (0.94–1.03×, no
+Krylov solve) did not change measurably.
 
 The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
 variadic reduction when params is one array (three reductions before, each one or
