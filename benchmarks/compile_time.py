@@ -86,6 +86,34 @@ against jaxopt's 116, 66 on ridge against 67), on the equality QP ``K v`` and it
 report (13 kernels): the checks, which stay. The last figures of the table are from one
 run at load 7 (``--only ridge,deq,eq_qp``, minimum of 3).
 
+Kernels differ in cost: XLA:CPU spends its compile time generating code kernel by
+kernel (LLVM code generation about 60 %, the MLIR fusion pipeline about 35 %, the HLO
+passes under 5 %, from a ``perf`` profile of the ridge compile), and a select between
+vectors or a dynamic slice with a select is two to four times the code of an axpy. So
+the total size of the LLVM IR (``XLA_FLAGS=--xla_dump_to``) is a second figure to watch.
+GMRES's product input (``x`` or the next basis vector) and CG's next product input are
+now chosen by scalar weights, not selects; GMRES's Givens rotation of ``Q`` is a product
+by the rotation (exact: the other terms are zeros), the new basis vector is scaled by a
+scalar factor, the zero-pivot guard is an exact diagonal update (not a scatter), and
+the triangular solve is posed on the transposed lower-triangular matrix, which LAPACK
+reads without a transposed copy. DEQ's program: 886 → 661 kB of optimised IR, 177 →
+172 kernels; rootdiff 1.92 → 1.70 s (median 1.96 → 1.84 s), the peer 1.24–1.28 s, so
+1.54× → 1.33× (median 1.47× → 1.41×); ``check='off'`` 1.15× → 0.96×,
+``residual_tol=inf`` 1.24× → 1.02× (old and new code alternated in fresh processes,
+3 rounds, process CPU time, load 8). The forward check's Newton step by CG is a plain
+CG on its recursive residual (an estimate needs no verification): ridge 107 → 103
+kernels, 527 → 493 kB of IR, but its compile time did not move measurably (1.53× →
+1.51×, medians 1.51× → 1.54×, 6 repeats at load 8): what remains on ridge is the
+check's own kernels — the Newton step's loop (19 kernels), its right-hand side and
+tolerance (``F(x)``: 2 products, ``‖F‖``: 3 kernels), two reports (a conditional and a
+host callback each) — at 5–8 ms each. A dot product of two vectors is three kernels
+for XLA:CPU (product, partial sums, final sum) and a variadic reduction one, but
+taking the Krylov solvers' dot products as variadic reductions made ridge *slower* to
+compile (95 kernels, +12 %: XLA's sequential reduction loop is a larger kernel), and
+sums in order lose accuracy in float32; it was dropped. Lasso (1.11×, ``check='off'``
+0.99×; its derivative's CG is the smaller part of its program) and LML (0.94–1.03×, no
+Krylov solve) did not change measurably.
+
 The forward check of ``custom_root`` reduces ``|F(x)|``, ``|δ|`` and ``|x|`` in one
 variadic reduction when params is one array (three reductions before, each one or
 two kernels): −5 kernels on ridge and DEQ. The equality QP's forward check

@@ -101,8 +101,10 @@ def cg(
         rr = jnp.real(_vdot(r_new, r_new))
         small = jnp.sqrt(rr) <= thresh
         phase_new = jnp.where(small, jnp.where(verify, DONE, VERIFY), STEP).astype(phase.dtype)
+        # p_new, or x_new before a verification: by scalar weights, not a select.
+        c = jnp.where(phase_new == VERIFY, one, jnp.zeros_like(one))
         return (
-            x_new, r_new, jnp.where(phase_new == VERIFY, x_new, p_new), gamma_new, rr,
+            x_new, r_new, (one - c) * p_new + c * x_new, gamma_new, rr,
             phase_new, k + jnp.where(verify, 0, 1),
         )  # fmt: skip
 
@@ -228,13 +230,18 @@ def gmres(
         active = jnp.arange(m) < j
         # Unused columns become identity rows so that the triangular solve ignores them.
         R_j = jnp.where(active[None, :] & active[:, None], R[:m], eye)
-        # A zero pivot (breakdown) divides by 1. (A scatter on the diagonal, not a mask:
-        # ``eye`` reaches this branch of a ``cond`` device-varying under ``shard_map``,
-        # and comparing it with a constant fails JAX's varying-axes check.)
-        diag = jnp.where(active, jnp.diagonal(R_j), 1)
-        R_j = R_j.at[jnp.arange(m), jnp.arange(m)].set(safe(diag))
+        # A zero pivot (breakdown) divides by 1: the diagonal replaced exactly, as
+        # ``d + (safe(d) − d)`` on it (not a scatter, a larger kernel to compile). The
+        # diagonal's indicator is built here: the closed-over ``eye`` reaches this
+        # branch of a ``cond`` device-varying under ``shard_map``, and comparing it
+        # with a constant, or adding it to R_j, fails JAX's varying-axes check.
+        diag = jnp.diagonal(R_j)
+        on_diag = (jnp.arange(m)[:, None] == jnp.arange(m)[None, :]).astype(dtype)
+        R_j = R_j + on_diag * (safe(diag) - diag)[None, :]
         g = jnp.where(active, beta * Q[:m, 0], 0)
-        y = jax.scipy.linalg.solve_triangular(R_j, g, lower=False)
+        # As the transposed lower-triangular system: LAPACK reads the row-major R_j
+        # as its column-major transpose, so XLA needs no transposed copy of it.
+        y = jax.scipy.linalg.solve_triangular(R_j.T, g, lower=True, trans="T")
         return prec(y @ V[:m])  # = V[:m]ᵀ y, without transposing V
 
     def start_cycle(state, Ax):
@@ -260,7 +267,8 @@ def gmres(
         w = w - h2 @ V
         h = h + h2
         h_next = _norm(w)
-        V = V.at[j + 1].set(jnp.where(h_next > tiny, w / safe(h_next, tiny), 0))
+        # Normalised by a scalar factor (0 at a breakdown), not a select of vectors.
+        V = V.at[j + 1].set(w * jnp.where(h_next > tiny, 1 / safe(h_next, tiny), 0))
         # The small (m + 1)-sized updates below select rows and columns by masks, not
         # by dynamic slices: XLA fuses them into a few kernels (compile time grows
         # with the kernels of the loop body, run time is the products by A and V).
@@ -271,14 +279,19 @@ def gmres(
         denom = jnp.hypot(hj, hj1)
         c = jnp.where(denom > 0, hj / safe(denom), 1)
         s = jnp.where(denom > 0, hj1 / safe(denom), 0)
-        Qj = jnp.sum(jnp.where(at_j[:, None], Q, 0), axis=0)
-        Qj1 = jnp.sum(jnp.where(at_j1[:, None], Q, 0), axis=0)
-        Qj, Qj1 = c * Qj + s * Qj1, -s * Qj + c * Qj1
-        Q = jnp.where(at_j[:, None], Qj, jnp.where(at_j1[:, None], Qj1, Q))
+        # Rows j, j + 1 of Q rotated, as the product by the rotation G (exact: the
+        # other terms of each sum are zeros), fewer and smaller kernels than row selects.
+        fj, fj1 = at_j.astype(dtype), at_j1.astype(dtype)
+        eye1 = jnp.eye(m + 1, dtype=dtype)
+        G = (
+            eye1 + eye1 * ((c - 1) * (fj + fj1))[None, :]
+            + s * (fj[:, None] * fj1[None, :] - fj1[:, None] * fj[None, :])
+        )  # fmt: skip
+        Q = G @ Q
         col = jnp.where(at_j, denom, jnp.where(at_j1, 0, h))
         R = jnp.where(jnp.arange(m)[None, :] == j, col[:, None], R)
         j, it = j + 1, it + 1
-        res = jnp.abs(beta * Qj1[0])  # least-squares residual after j steps
+        res = jnp.abs(beta * jnp.sum(fj1 * Q[:, 0]))  # least-squares residual after j steps
         end = (res <= thresh) | (j >= m) | (it >= maxiter)
         return x, V, Q, R, beta, res, j, end, jnp.zeros_like(end), it
 
@@ -289,7 +302,10 @@ def gmres(
     def body(state):
         x, V, Q, R, beta, res, j, start, done, it = state
         x = jax.lax.cond(start, lambda: x + correction(V, R, Q, beta, j), lambda: x)
-        Av = mv(jnp.where(start, x, prec(V[jnp.minimum(j, m)])))
+        # x at a cycle start, else the next basis vector: by scalar weights, not a
+        # select between vectors (a far larger kernel for XLA:CPU to compile).
+        c = jnp.where(start, 1, 0).astype(dtype)
+        Av = mv(c * x + (1 - c) * prec(V[jnp.minimum(j, m)]))
         state = (x, V, Q, R, beta, res, j, start, done, it)
         return jax.lax.cond(start, start_cycle, arnoldi, state, Av)
 
@@ -377,3 +393,44 @@ def normal_cg(
     info = info._replace(residual_norm=_norm(b_flat - mv(x)), b_norm=_norm(b_flat))
     out = unravel_x(x)
     return (out, info) if return_info else out
+
+
+def cg_estimate(
+    matvec: MatVec,
+    b: PyTree,
+    *,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    ridge: float | None = None,
+    **_: object,
+):
+    """Plain CG on the recursive residual: an estimate of ``A⁻¹ b`` (``A`` SPD).
+
+    For error estimates that need a few digits (the forward check's Newton step),
+    not for derivatives: it stops when the *recursive* residual meets
+    ``max(tol · ‖b‖, atol)`` and does not verify on the true residual (which
+    :func:`cg` does, at the price of a larger loop for XLA to compile). The
+    recursive residual tracks the true one closely until far below ``sqrt(eps)``,
+    so for the tolerances of an estimate the two agree. Returns ``(x, converged)``.
+    """
+    mv, b_flat, unravel, x0, _, b_norm, thresh = _setup(matvec, b, None, tol, atol, ridge, None)
+    maxiter = 10 * b_flat.size if maxiter is None else maxiter
+    rr0 = jnp.real(_vdot(b_flat, b_flat))
+
+    def cond(state):
+        *_, rr, k = state
+        return (jnp.sqrt(rr) > thresh) & jnp.isfinite(rr) & (k < maxiter)
+
+    def body(state):
+        x, r, p, rr, k = state
+        Ap = mv(p)
+        pAp = _vdot(p, Ap)
+        alpha = rr / jnp.where(pAp == 0, 1, pAp)
+        x, r = x + alpha * p, r - alpha * Ap
+        rr_new = jnp.real(_vdot(r, r))
+        p = r + (rr_new / jnp.where(rr == 0, 1, rr)) * p
+        return x, r, p, rr_new, k + 1
+
+    x, _, _, rr, _ = jax.lax.while_loop(cond, body, (x0, b_flat, b_flat, rr0, _zero_count(rr0)))
+    return unravel(x), jnp.sqrt(rr) <= thresh

@@ -23,6 +23,7 @@ from jax.custom_derivatives import SymbolicZero
 from rootdiff import _checks, _hints
 from rootdiff import linear_solve as _ls
 from rootdiff._solves import (
+    _estimate_solver,
     _implicit_tangent,
     _is_builtin,
     _resolve_solver,
@@ -244,6 +245,9 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
                 _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
                 run = functools.partial(_run_solve, check=check)
                 delta, _ = _hints.solve(step_solve, mv, Fx, hint.precond, None, run)
+            elif builtin and (est := _estimate_solver(step_solve, Fx)) is not None:
+                _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
+                delta, _ = est(mv, Fx)
             elif builtin:
                 delta, _ = fwd_raw(sol, dyn_leaves, fc, Fx, solve=step_solve)
             else:

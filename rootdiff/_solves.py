@@ -19,6 +19,7 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 from jax.flatten_util import ravel_pytree
 
+from rootdiff import _krylov
 from rootdiff import linear_solve as _ls
 from rootdiff._trees import _real_dtype, _tree_neg
 
@@ -69,6 +70,24 @@ def _stated_tol(fn: Callable[..., Any], n: int, dtype: Any) -> float:
     if any(base is s for s in _ls.SOLVERS.values()):
         return _ls.default_tol(dtype)
     return float("nan")
+
+
+def _estimate_solver(fn: Callable[..., Any], b: Any) -> Callable[..., Any] | None:
+    """A cheaper solver for an error estimate with the built-in ``fn``'s options, or None.
+
+    ``solve(matvec, b) -> (x, converged)``. The forward check's Newton step needs a
+    few digits, not a derivative's accuracy verified on the true residual: for CG
+    (``"cg"``, or ``"auto"`` on a large symmetric system) the plain recursion
+    :func:`rootdiff._krylov.cg_estimate` serves, with a smaller loop to compile.
+    """
+    base, kw, _ = _unpartial(fn)
+    n = sum(jnp.size(leaf) for leaf in jax.tree.leaves(b))
+    if base is _ls.auto and kw.get("symmetric") and n > _ls.DENSE_THRESHOLD:
+        base = _ls.cg
+    if base is not _ls.cg:
+        return None
+    opts = {k: v for k, v in kw.items() if k in ("tol", "atol", "maxiter", "ridge")}
+    return functools.partial(_krylov.cg_estimate, **opts)
 
 
 def _run_solve(fn, matvec, b, *, check: str, **opts):

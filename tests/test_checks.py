@@ -284,3 +284,22 @@ def test_max_abs_each_propagates_nan_and_handles_pytrees():
     wrong = rootdiff.custom_root(F)(lambda x, a: (a + 1.0, 2 * a[:1]))
     with pytest.warns(rootdiff.ConvergenceWarning, match="forward solve"):
         wrong((jnp.zeros(2), jnp.zeros(1)), jnp.ones(2))
+
+
+def test_newton_step_by_cg_estimate_measures_the_error():
+    """With ``solve="cg"`` the Newton step is a plain CG (no verification on the true
+    residual): a 1e-3 relative error is reported as about 1e-3, an accurate
+    minimiser is not flagged."""
+    rng = np.random.default_rng(3)
+    M = rng.normal(size=(30, 30))
+    H = jnp.asarray(M @ M.T / 30 + np.eye(30))
+    obj = lambda x, c, err: 0.5 * x @ H @ x - c @ x  # noqa: E731
+    c = jnp.asarray(rng.normal(size=30))
+    solver = rootdiff.argmin(obj, solve="cg")(lambda x, c, err: jnp.linalg.solve(H, c) * (1 + err))
+    with pytest.warns(
+        rootdiff.ConvergenceWarning, match=r"Newton step .* 9\.9\d\de-04 > tolerance"
+    ):
+        solver(jnp.zeros(30), c, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rootdiff.ConvergenceWarning)
+        solver(jnp.zeros(30), c, 0.0)

@@ -273,12 +273,18 @@ def test_gmres_with_a_non_finite_operator_returns_nan_not_converged():
     assert bool(jnp.all(jnp.isnan(x))) and not bool(info.converged)
 
 
-def test_cg_loop_body_has_no_vector_select():
-    """CG's loop body selects between scalars only (a select between vectors is a
-    large kernel for XLA:CPU to compile); the start from ``init``, the verification
-    on the true residual and the restart still happen (checked on the result)."""
-    init = jnp.asarray(np.linalg.solve(SPD, B)) + 0.1
-    jaxpr = jax.make_jaxpr(lambda b, i: ls.cg(lambda v: SPD @ v, b, init=i, return_info=True))(
+@pytest.mark.parametrize("name", ["cg", "gmres"])
+def test_loop_body_chooses_the_product_input_without_vector_select(name):
+    """CG's and GMRES's loop bodies choose between vectors by scalar weights, not by
+    a select of vectors (a large kernel for XLA:CPU to compile): CG's next product
+    input (p, or x before a verification), GMRES's (x at a cycle start, or the next
+    basis vector). Nested conditionals (GMRES's Arnoldi step) are not walked. The
+    start from ``init``, the verification on the true residual and the restart still
+    happen (checked on the result)."""
+    A = SPD if name == "cg" else NONSYM
+    solve = ls.get_solver(name)
+    init = jnp.asarray(np.linalg.solve(A, B)) + 0.1
+    jaxpr = jax.make_jaxpr(lambda b, i: solve(lambda v: A @ v, b, init=i, return_info=True))(
         B, init
     )
     (loop,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "while"]
@@ -291,9 +297,23 @@ def test_cg_loop_body_has_no_vector_select():
                 if hasattr(sub, "jaxpr"):
                     yield from selects(getattr(sub.jaxpr, "jaxpr", sub.jaxpr))
 
-    ndims = [e.outvars[0].aval.ndim for e in selects(loop.params["body_jaxpr"].jaxpr)]
-    assert ndims  # the walk sees the scalar selects
-    # the one vector select left: p takes x before a verification
-    assert sum(d > 0 for d in ndims) <= 1
-    x, info = ls.cg(lambda v: SPD @ v, B, init=init, maxiter=3, return_info=True)
-    np.testing.assert_allclose(info.residual_norm, jnp.linalg.norm(B - SPD @ x), rtol=1e-12)
+    sizes = [e.outvars[0].aval.size for e in selects(loop.params["body_jaxpr"].jaxpr)]
+    assert sizes  # the walk sees the scalar selects
+    assert not [s for s in sizes if s >= N]  # no select of vectors
+    x, info = solve(lambda v: A @ v, B, init=init, maxiter=3, return_info=True)
+    np.testing.assert_allclose(info.residual_norm, jnp.linalg.norm(B - A @ x), rtol=1e-12)
+    x, info = solve(lambda v: A @ v, B, init=init, return_info=True)
+    assert bool(info.converged)
+    np.testing.assert_allclose(A @ x, B, rtol=0, atol=1e-10)
+
+
+def test_cg_estimate_stops_on_its_recursive_residual():
+    """The forward check's CG estimate (no verification on the true residual):
+    accurate to its tolerance, and its flag is False when ``maxiter`` cut it short."""
+    from rootdiff._krylov import cg_estimate
+
+    x, ok = cg_estimate(lambda v: SPD @ v, B, tol=1e-6)
+    assert bool(ok)
+    assert float(jnp.linalg.norm(SPD @ x - B)) <= 2e-6 * float(jnp.linalg.norm(B))
+    x, ok = cg_estimate(lambda v: SPD @ v, B, tol=1e-6, maxiter=2)
+    assert not bool(ok) and float(jnp.linalg.norm(SPD @ x - B)) > 1e-6
