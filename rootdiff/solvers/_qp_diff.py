@@ -128,12 +128,14 @@ def active_set_solve(scaled, active, steps=None, red=None):
     """``solve(matvec, r)`` for the active-set Jacobian, factorised once.
 
     ``scaled = (Q̂, Â, Ĝ, scaling)`` from the interior point: the system is mapped to
-    the equilibrated coordinates (``J = S Ĵ T⁻¹`` with diagonal ``S``, ``T``),
-    solved there with the regularised reduced matrix (active rows as equalities,
-    inactive ones eliminated), mapped back, then refined up to ``steps`` times
-    against the exact ``matvec`` it is given (so transposed systems work: ``J`` is
-    symmetric), while the residual of some block (in equilibrated units) still halves
-    (:func:`_kkt.refine_from_zero`; ``by_block=False``: while the whole residual halves).
+    the equilibrated coordinates (``J = S Ĵ T⁻¹`` with diagonal ``S``, ``T``; the
+    :func:`balanced` ones), solved there with the regularised reduced matrix (active
+    rows as equalities, inactive ones eliminated), mapped back, then refined up to
+    ``steps`` times (default 16) against the exact ``matvec`` it is given (so
+    transposed systems work: ``J`` is symmetric), while the residual of some block (in
+    equilibrated units) still shrinks by ``0.8`` per round
+    (:func:`_kkt.refine_from_zero`; ``by_block=False``: while the whole residual does,
+    down to ``10`` rounding units of the right-hand side).
     ``red``: the :func:`active_set_factor` of ``active``, if already computed.
     ``solve.apply_inverse``: the regularised solve alone (no refinement).
     """
