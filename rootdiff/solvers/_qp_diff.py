@@ -38,8 +38,8 @@ _REFINE_PROBE = 30
 #: after a few rounds (derivatives 10–30 times their tolerance off, polished ``x``
 #: 3e-4 off, depending on the rounding of the batch they were computed in).
 _SHRINK = 0.8
-#: Polishing and the probe stop once the whole residual is at most this many rounding
-#: units of the right-hand side (the shrink rule alone goes on at rounding, by chance).
+#: The probe stops once its residual is at most this many rounding units of its
+#: right-hand side (the shrink rule alone goes on at rounding, by chance).
 _FLOOR = 10.0
 _REFINE_POLISH = 50
 #: Most active-set corrections of polishing (see :func:`polish_corrected`).
@@ -134,8 +134,7 @@ def active_set_solve(scaled, active, steps=None, red=None):
     ``steps`` times (default 16) against the exact ``matvec`` it is given (so
     transposed systems work: ``J`` is symmetric), while the residual of some block (in
     equilibrated units) still shrinks by ``0.8`` per round
-    (:func:`_kkt.refine_from_zero`; ``by_block=False``: while the whole residual does,
-    down to ``10`` rounding units of the right-hand side).
+    (:func:`_kkt.refine_from_zero`; ``by_block=False``: while the whole residual does).
     ``red``: the :func:`active_set_factor` of ``active``, if already computed.
     ``solve.apply_inverse``: the regularised solve alone (no refinement).
     """
@@ -143,7 +142,6 @@ def active_set_solve(scaled, active, steps=None, red=None):
     red = active_set_factor(scaled, active) if red is None else red
     sc = balanced(scaled)[3]
     g, c = sc.gamma, sc.c
-    eps = jnp.finfo(scaled[0].dtype).eps
     row_i = jnp.where(active, g / sc.EG, g * sc.EG / c)
 
     def apply_inverse(r):
@@ -164,11 +162,11 @@ def active_set_solve(scaled, active, steps=None, red=None):
 
     def solve(matvec, rhs, steps=steps, by_block=True):
         parts = scaled_parts if by_block else None
-        # Per block: no floor (one relative to the largest block stopped the others early:
-        # derivatives 20 times their tolerance off in float32).
-        floor = 0.0 if by_block else _FLOOR * eps * _kkt.max_of(*map(_kkt.inf_norm, rhs))
+        # No floor: one relative to the largest block stopped the others early (float32
+        # derivatives 20 times their tolerance off), one relative to polishing's
+        # right-hand side left x = 1e-17 where x* = 0 (the relative merit then fails).
         return _kkt.refine_from_zero(
-            apply_inverse, matvec, rhs, steps + 1, blocks=parts, shrink=_SHRINK, floor=floor
+            apply_inverse, matvec, rhs, steps + 1, blocks=parts, shrink=_SHRINK
         )[0]
 
     solve.factor = red
