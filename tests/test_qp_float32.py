@@ -111,6 +111,7 @@ def _solve32(Q, q, A, b, G, h):
 SCALED = "scaled: Q ~ 1e-5, G ~ 200"
 NEAR_KINK = "multiplier 1e-9"
 UNPOLISHED = "interior point's answer"
+COST_DOMINATES = "scaled: q dominates Q"
 
 
 def _sweep_problem(seed, index):
@@ -127,6 +128,7 @@ def solved():
     cases = [(SCALED, *_kkt_problem(np.random.default_rng(7), "scaled", scale=(1e-5, 200.0)))]
     cases.append((NEAR_KINK, *_kkt_problem(np.random.default_rng(1), "near_degenerate", 1e-9)))
     cases.append((UNPOLISHED, *_sweep_problem(2, 192)))
+    cases.append((COST_DOMINATES, *_sweep_problem(0, 153)))
     cases += [(k, *_kkt_problem(rng, k)) for _ in range(8) for k in KINDS]
     stacked = [np.stack([c[1][j] for c in cases]).astype(np.float32) for j in range(6)]
     with warnings.catch_warnings(record=True) as caught:
@@ -219,3 +221,14 @@ def test_qpax_benchmark_small_multiplier_in_float32():
     err = np.linalg.norm(np.concatenate([np.ravel(a - r) for a, r in zip(g, g_ref)]))
     assert int(info.status) == QPStatus.SOLVED
     assert err <= 1e-5 * np.linalg.norm(np.concatenate([np.ravel(r) for r in g_ref]))
+
+
+def test_derivative_right_when_linear_cost_dominates_curvature(solved):
+    # Q and q scaled 2000 times G and h: the interior point's cost scaling (by ‖q̂‖) left
+    # the curvature of the active-set Jacobian at twice its regularisation, refinement
+    # stopped 1e-5 short, and the derivative was 200 times its tolerance off, unflagged.
+    # The active-set solves now scale the cost by ‖Q̂‖ alone (q is not in that matrix).
+    cases, out, _ = solved
+    i = next(k for k, c in enumerate(cases) if c[0] == COST_DOMINATES)
+    name, flagged, ex, eJ, tol = _verdicts([cases[i]], [v[i : i + 1] for v in out])[0]
+    assert not flagged and ex < 1e-4 and eJ < tol, (flagged, ex, eJ, tol)
