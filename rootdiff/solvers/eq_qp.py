@@ -294,11 +294,11 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
     ``(Q x + Qᵀx)/2``) and ``A`` by multiply-and-sum reductions (no dot kernels), not
     from the assembled ``K``, whose buffer the factorisation overwrites (keeping it
-    would cost a copy of ``K``); and one
-    variadic reduction: the maxima of ``|K v − rhs|``, ``|K v|``, ``|rhs|`` and
-    ``|v|`` over the primal rows ``< n`` and over the dual rows ``≥ n``, eight maxima
-    in one pass (one kernel for XLA to compile; each separate reduction would be one
-    to three more, about 10 ms each on a CPU, for a check of a few microseconds).
+    would cost a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
+    ``|rhs|`` and ``|v|`` by one variadic reduction over the primal rows ``< n`` and
+    one over the dual rows ``≥ n`` (each one kernel for XLA to compile; a separate
+    reduction per maximum would be one to three kernels, about 10 ms each on a CPU,
+    for a check of a few microseconds).
     """
     Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
     n = Q.shape[0]
@@ -308,20 +308,23 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     # reduction in about half that, for the same single pass over Q or A.
     Qx, Qtx = jnp.sum(Q * x, axis=1), jnp.sum(Q * x[:, None], axis=0)
     Aty, Ax = jnp.sum(A * y[:, None], axis=0), jnp.sum(A * x, axis=1)
-    Kv = jnp.concatenate([0.5 * (Qx + Qtx) + Aty, Ax])
-    primal_rows = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0) < n
     zero = jnp.zeros((), v.dtype)
-    terms = [jnp.abs(t) for t in (Kv - rhs, Kv, rhs, v)]
-    operands = [jnp.where(primal_rows == top, t, 0) for top in (True, False) for t in terms]
-    m = jax.lax.reduce(
-        operands, [zero] * 8, lambda a, b: [jnp.maximum(u, w) for u, w in zip(a, b)], (0,)
-    )
-    r_top, Kv_top, c_, y_top, r_bot, _, b_, y_ = m  # y_top = max|x|, y_ = max|y|
+    top, bot = 0.5 * (Qx + Qtx) + Aty, Ax
+    rhs_top, rhs_bot = _split(rhs, n)
+
+    def maxima(Kv, r, u):
+        terms = [jnp.abs(t) for t in (Kv - r, Kv, r, u)]
+        return jax.lax.reduce(
+            terms, [zero] * 4, lambda a, b: [jnp.maximum(s, w) for s, w in zip(a, b)], (0,)
+        )
+
+    r_top, Kv_top, c_, x_ = maxima(top, rhs_top, x)  # x_ = max|x|, c_ = max|c|
+    r_bot, _, b_, y_ = maxima(bot, rhs_bot, y)
     tiny = jnp.finfo(v.dtype).tiny
     # The dual measure r_top / (Kv_top + c_ + max|A|·y_), the primal r_bot / (max|A|·x_
     # + b_); a (1,) array, the report's shape.
     num = jnp.stack([r_top, r_bot])
-    den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * y_top + b_]) + tiny
+    den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * x_ + b_]) + tiny
     residual = jnp.max(num / den, keepdims=True)
     return residual[0] <= _rel_tol(v.dtype), residual  # False for NaN
 
