@@ -33,11 +33,21 @@ over ``K``, with XLA:CPU at ``n + p`` of a few hundred and above), and its shift
 ``δ`` reads ``max|diag Q|`` rather than all of ``Q``: with the forward check off,
 rootdiff is then as fast as the dense solve or faster (the row ``check='off'``).
 What remains is the check: ``K v`` from ``Q`` and ``A`` (two passes over ``Q``, as
-``(Qx + Qᵀx)/2``, and two over ``A``) and its report, a few per cent of the run
-time at n = 500 and less at n = 2000, and all of the compile-time gap: 14 kernels
-(four products, the residual's reduction, the report's conditional and host
-callback), 0.94 s against 0.60 s for ``check='off'`` and for the dense solve (load
-7.7). It is what flags inconsistent constraints and a ``Q`` unbounded below, and it
+``(Qx + Qᵀx)/2``, and two over ``A``), its maxima and its report. Its compile time
+was mostly the four matrix-vector products: XLA:CPU compiles each ``dot`` in
+20–25 ms (a generated kernel), a multiply-and-sum reduction doing the same pass in
+about half that. As reductions (no ``dot`` left in the program, as in the dense
+solve), with the maxima as one variadic reduction per block of rows, the check is
+12 kernels above ``check='off'``; compile time (CPU time, the previous code, the new
+and the dense solve compiled in turn in one process, load 7.5–9): 1.57× the dense
+solve before, 1.28–1.32× after (``check='off'`` 0.97–0.99×). The reductions
+run slower than the dots (single-threaded, n = 2000: 5.0 against 2.7 ms for the
+four, a solve of 300 ms or more; n = 500: 0.3 against 0.13 ms). What bounds the
+compile time from below is shared with the dense solve: LAPACK's row swaps are
+turned into a permutation by a ``while`` loop (about 0.12 s of its 0.3 s; the
+forward and every derivative solve need that permutation), and any check of
+``K v = rhs`` needs one pass over ``Q`` and ``A`` and one reduction to scalars.
+The check flags inconsistent constraints and a ``Q`` unbounded below, and it
 stays. The only ``O((n + p)²)`` quantities the solve already has are the LU factors:
 ``L U v`` reproduces ``P K_δ v`` whatever the factorisation's own error, so a
 residual read from them would verify the triangular solves but not the

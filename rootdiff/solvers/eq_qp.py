@@ -226,8 +226,8 @@ def _solve_dense(Q, c, A, b, *, check):
     # semidefinite Q (|Qᵢⱼ| ≤ √(QᵢᵢQⱼⱼ)), read in O(n) instead of one more pass over Q
     # (as long as a triangular solve); max|A| is read from A in its own layout (from
     # K, in the column-major layout LAPACK wants, XLA would first copy it transposed).
-    diag = jnp.arange(Q_.shape[0])  # a gather (jnp.diagonal traces a masked sum too)
-    norm_Q, norm_A = _amax_pair(Q_[diag, diag], A_)
+    # diag Q as a strided slice of the flattened Q (jnp.diagonal traces a masked sum).
+    norm_Q, norm_A = _amax_pair(jax.lax.slice(Q_.reshape(-1), (0,), (n * n,), (n + 1,)), A_)
     delta = jnp.finfo(Q_.dtype).eps * jnp.maximum(norm_Q, norm_A)
     K = _assemble(_sym(Q_), A_, delta)
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
@@ -251,7 +251,12 @@ def _solve_dense(Q, c, A, b, *, check):
     if check != "off":
         ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
-    return v[:n], v[n:]
+    return _split(v, n)
+
+
+def _split(v: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """``(v[:n], v[n:])`` as two plain slices (quicker to trace than indexing)."""
+    return jax.lax.slice_in_dim(v, 0, n), jax.lax.slice_in_dim(v, n, v.shape[0])
 
 
 def _amax_pair(d: jax.Array, A: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -287,30 +292,39 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     ``norm_A = max|A|``.
 
     The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
-    ``(Q x + Qᵀx)/2``) and ``A``, not from the assembled ``K``, whose buffer the
-    factorisation overwrites (keeping it would cost a copy of ``K``); and one
-    variadic reduction: the maxima of ``|K v − rhs|``, ``|K v|``, ``|rhs|`` and
-    ``|v|`` over the primal rows ``< n`` and over the dual rows ``≥ n``, eight maxima
-    in one pass (one kernel for XLA to compile; each separate reduction would be one
-    to three more, about 10 ms each on a CPU, for a check of a few microseconds).
+    ``(Q x + Qᵀx)/2``) and ``A`` by multiply-and-sum reductions (no dot kernels), not
+    from the assembled ``K``, whose buffer the factorisation overwrites (keeping it
+    would cost a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
+    ``|rhs|`` and ``|v|`` by one variadic reduction over the primal rows ``< n`` and
+    one over the dual rows ``≥ n`` (each one kernel for XLA to compile; a separate
+    reduction per maximum would be one to three kernels, about 10 ms each on a CPU,
+    for a check of a few microseconds).
     """
     Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
     n = Q.shape[0]
-    x, y = v[:n], v[n:]
-    Kv = jnp.concatenate([0.5 * (Q @ x + x @ Q) + y @ A, A @ x])
-    primal_rows = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0) < n
+    x, y = _split(v, n)
+    # K v as four fused multiply-and-sum reductions, not as four matrix-vector dots:
+    # XLA:CPU compiles each dot (a generated matrix-vector kernel) in 20-25 ms, a
+    # reduction in about half that, for the same single pass over Q or A.
+    Qx, Qtx = jnp.sum(Q * x, axis=1), jnp.sum(Q * x[:, None], axis=0)
+    Aty, Ax = jnp.sum(A * y[:, None], axis=0), jnp.sum(A * x, axis=1)
     zero = jnp.zeros((), v.dtype)
-    terms = [jnp.abs(t) for t in (Kv - rhs, Kv, rhs, v)]
-    operands = [jnp.where(primal_rows == top, t, 0) for top in (True, False) for t in terms]
-    m = jax.lax.reduce(
-        operands, [zero] * 8, lambda a, b: [jnp.maximum(u, w) for u, w in zip(a, b)], (0,)
-    )
-    r_top, Kv_top, c_, y_top, r_bot, _, b_, y_ = m  # y_top = max|x|, y_ = max|y|
+    top, bot = 0.5 * (Qx + Qtx) + Aty, Ax
+    rhs_top, rhs_bot = _split(rhs, n)
+
+    def maxima(Kv, r, u):
+        terms = [jnp.abs(t) for t in (Kv - r, Kv, r, u)]
+        return jax.lax.reduce(
+            terms, [zero] * 4, lambda a, b: [jnp.maximum(s, w) for s, w in zip(a, b)], (0,)
+        )
+
+    r_top, Kv_top, c_, x_ = maxima(top, rhs_top, x)  # x_ = max|x|, c_ = max|c|
+    r_bot, _, b_, y_ = maxima(bot, rhs_bot, y)
     tiny = jnp.finfo(v.dtype).tiny
     # The dual measure r_top / (Kv_top + c_ + max|A|·y_), the primal r_bot / (max|A|·x_
     # + b_); a (1,) array, the report's shape.
     num = jnp.stack([r_top, r_bot])
-    den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * y_top + b_]) + tiny
+    den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * x_ + b_]) + tiny
     residual = jnp.max(num / den, keepdims=True)
     return residual[0] <= _rel_tol(v.dtype), residual  # False for NaN
 
