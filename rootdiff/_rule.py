@@ -234,7 +234,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     if builtin and step_tol is not None and "tol" not in _unpartial(cfg.solve)[1]:
         step_solve = functools.partial(cfg.solve, tol=max(0.1 * step_tol, _ls.default_tol(dtype)))
 
-    def forward_check(sol, dyn_leaves, fc, lf, hint=None):
+    def forward_check(sol, dyn_leaves, fc, lf, hint=None, differentiated=False):
         Fx = F_c(sol, dyn_leaves, *fc)
         values, tols, labels = [], [], []
         if step_tol is not None:
@@ -245,7 +245,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
                 _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
                 run = functools.partial(_run_solve, check=check)
                 delta, _ = _hints.solve(step_solve, mv, Fx, hint.precond, None, run)
-            elif builtin and (est := _estimate_solver(step_solve, Fx)) is not None:
+            elif builtin and (est := _estimate_solver(step_solve, Fx, differentiated)) is not None:
                 _, mv = jax.linearize(lambda x: F_c(x, dyn_leaves, *fc), sol)
                 delta, _ = est(mv, Fx)
             elif builtin:
@@ -293,8 +293,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
 
         return solve
 
-    @jax.custom_jvp
-    def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
+    def primal(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd, differentiated=False):
         # ``(output, solution before the check)``: the derivative linearises F at the
         # latter, the very point where the check evaluated F, so that XLA computes F
         # there once (the checked solution is the same value, tied to the report).
@@ -302,15 +301,21 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         raw = sol = view(out[0] if n_out > 1 else out)
         if check != "off":
             hint = _real_hint(out[-1]) if cfg.hints else None
-            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd, hint)
+            sol = forward_check(sol, dyn_leaves, f_consts, l_fwd, hint, differentiated)
         if n_out == 1:
             return sol, raw
         return (sol, tuple(jax.tree.map(_encode_aux, o) for o in out[1:])), raw
 
+    @jax.custom_jvp
+    def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
+        return primal(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd)
+
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
         _, dyn_dot, _, f_consts_dot, _, _ = tangents
-        out, raw = root(*primals)
+        # The check's Newton step may then run the derivative's own Krylov loop (see
+        # _estimate_solver): XLA compiles the identical kernels of the two loops once.
+        out, raw = primal(*primals, differentiated=True)
         sol = out[0] if n_out > 1 else out
 
         # θ: the floating inputs of F that carry a non-zero tangent.

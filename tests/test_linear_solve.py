@@ -317,3 +317,30 @@ def test_cg_estimate_stops_on_its_recursive_residual():
     assert float(jnp.linalg.norm(SPD @ x - B)) <= 2e-6 * float(jnp.linalg.norm(B))
     x, ok = cg_estimate(lambda v: SPD @ v, B, tol=1e-6, maxiter=2)
     assert not bool(ok) and float(jnp.linalg.norm(SPD @ x - B)) > 1e-6
+
+
+def test_gmres_estimate_stops_on_its_recursive_residual():
+    """The forward check's GMRES estimate (simpler GMRES, no verification): accurate
+    to its tolerance over several restart cycles, no stall on a rotation (where a
+    conjugate residual method taking the residual as direction stalls), one product
+    site in its loop, and its flag is False when ``maxiter`` cut it short."""
+    from rootdiff._krylov import gmres_estimate
+
+    A = SPD + jnp.asarray(np.triu(np.ones((N, N)), 1))  # nonsymmetric
+    calls = []
+
+    def mv(v):
+        calls.append(1)
+        return A @ v
+
+    for restart in (20, 3):
+        x, ok = gmres_estimate(mv, B, tol=1e-6, restart=restart)
+        assert bool(ok)
+        assert float(jnp.linalg.norm(A @ x - B)) <= 2e-6 * float(jnp.linalg.norm(B))
+    assert len(calls) == 2  # traced once per solve: one product site
+    rot = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    x, ok = gmres_estimate(lambda v: rot @ v, jnp.array([1.0, 0.0]), tol=1e-8)
+    assert bool(ok)
+    np.testing.assert_allclose(x, [0.0, 1.0], atol=1e-12)
+    x, ok = gmres_estimate(mv, B, tol=1e-6, maxiter=2)
+    assert not bool(ok) and float(jnp.linalg.norm(A @ x - B)) > 1e-6
