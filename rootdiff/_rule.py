@@ -310,12 +310,17 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
     def root(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
         return primal(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd)
 
+    # The primal of a differentiated call, with the same rule (higher derivatives).
+    @jax.custom_jvp
+    def root_d(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd):
+        return primal(init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd, differentiated=True)
+
     def root_jvp_rule(primals, tangents):
         init, dyn_leaves, s_consts, f_consts, l_fwd, l_bwd = primals
         _, dyn_dot, _, f_consts_dot, _, _ = tangents
         # The check's Newton step may then run the derivative's own Krylov loop (see
         # _estimate_solver): XLA compiles the identical kernels of the two loops once.
-        out, raw = primal(*primals, differentiated=True)
+        out, raw = root_d(*primals)
         sol = out[0] if n_out > 1 else out
 
         # θ: the floating inputs of F that carry a non-zero tangent.
@@ -391,6 +396,7 @@ def _solve_root(solver, optimality_fun, init_params, args, kwargs, cfg: _Config,
         )  # fmt: skip
 
     root.defjvp(root_jvp_rule, symbolic_zeros=True)
+    root_d.defjvp(root_jvp_rule, symbolic_zeros=True)
     out = root(init_params, dyn, s_consts, f_consts, l_fwd, l_bwd)[0]
     if n_out == 1:
         return unview(out)
