@@ -228,6 +228,11 @@ def deq():
         "  check='nan'": rd(check="nan"),
         "  residual_tol=inf (no Newton step)": rd(residual_tol=float("inf")),
         "  solve='gmres'": rd(solve="gmres"),
+        # No derivative: the forward check's Newton step alone (the estimate's loop).
+        "  value only (no derivative)": FP._loss_of(rootdiff.custom_fixed_point(FP.T)(FP.forward)),
+        "  value only, check='off'": FP._loss_of(
+            rootdiff.custom_fixed_point(FP.T, check="off")(FP.forward)
+        ),
     }
     try:
         from jaxopt import implicit_diff, linear_solve

@@ -325,6 +325,10 @@ def test_newton_step_by_gmres_estimate_measures_the_error():
     with warnings.catch_warnings():
         warnings.simplefilter("error", rootdiff.ConvergenceWarning)
         g = jax.grad(loss)(c)
+        xs = jax.vmap(lambda c: solver(jnp.zeros(n), c, 0.0))(jnp.stack([c, -c]))
     np.testing.assert_allclose(g, jnp.linalg.solve(A.T, jnp.ones(n)), rtol=1e-9)
+    np.testing.assert_allclose(xs[1], -A_inv @ c, rtol=1e-12)
+    with pytest.warns(rootdiff.ConvergenceWarning, match="in 1 of 2 problem"):
+        jax.vmap(lambda c, e: solver(jnp.zeros(n), c, e))(jnp.stack([c, c]), jnp.array([0, 1e-3]))
     assert "triangular_solve" not in str(jax.make_jaxpr(loss)(c))
     assert "triangular_solve" in str(jax.make_jaxpr(jax.grad(loss))(c))
