@@ -123,6 +123,29 @@ scalar kernels, is now one reduction (42 → 40 kernels; 1.59 → 1.51× in one 
 at load 12). Reading ``K v`` from the two block rows of ``K_δ`` (two products
 instead of four) made XLA:CPU write the blocks in two layouts — more passes over
 ``K`` — and was dropped.
+
+Where the check's compile time goes (process CPU time, one process, minimum of 4,
+load 1–2; DEQ n=400 B=8): ``value_and_grad`` 1.20 s with the default check, 1.05 s
+without the Newton step (``residual_tol=inf``), 0.91 s with ``check='off'``; the
+value alone 0.92 s, 0.17 s and 0.11 s. So the Newton step's GMRES costs 0.75 s alone
+but only 0.15 s beside the derivative's GMRES: XLA:CPU compiles the kernels the two
+loops share (all but the products) once. A lean loop of its own for the step
+(restarted simpler GMRES on its recursive residual, one product per step, no Givens
+rotations, triangular solve or verification: 48 kernels against GMRES's 74) costs
+0.47 s alone but 0.25 s beside the derivative's GMRES. Hence: a value-only call runs
+the lean estimate (value 0.96 → 0.65 s, 95 → 69 kernels; old and new code
+alternated in fresh processes, 3 rounds, load 4), a differentiated one GMRES, the
+derivative's loop (unchanged: 172 kernels, 1.03× of the old code's time, noise).
+Ridge's CG estimate is cheaper in both (``value_and_grad`` 0.67 against 0.70 s with
+the full CG, the value alone 0.46 against 0.55 s). The guards and ``max |F|`` are
+the other 0.14 s (11 kernels).
+
+The Newton step and the derivative's solve cannot share one Krylov loop with two
+right-hand sides in reverse mode: the adjoint's right-hand side is the cotangent of
+the checked output, which depends on the Newton step. In forward mode they could, but
+the ``custom_jvp`` rule also serves linearisation (``grad``), where a loop carrying
+the primal's step and the tangent's right-hand side together would move the primal's
+check into the backward pass.
 """
 
 from __future__ import annotations
