@@ -207,12 +207,11 @@ def solve_eq_qp(
     return _solve_matrix_free(matvec_Q, c, A, b, tol=tol, maxiter=maxiter, check=check)
 
 
-def _solve_dense(Q, c, A, b, *, check):
-    n = c.shape[0]
-    Qs = _sym(Q)  # the matvec below (differentiated) uses the symmetric part
-    # The factorisation is data for the solve; it is never differentiated (the
-    # derivative comes from the matvec, as in jax.numpy.linalg.solve).
-    Q_, A_ = jax.lax.stop_gradient((Q, A))
+@jax.jit
+def _factorise(Q_, A_):
+    """``(LU factors, row permutation, max|A|)`` of ``K_δ``; a jitted function, so
+    that tracing it again for the same shapes (a new outer ``jit``) is a cache hit."""
+    n = Q_.shape[0]
     # A barrier: with Q and A closed over as constants, XLA would otherwise fold the
     # reductions and products below on the host at compile time (seconds for n = 500).
     Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
@@ -233,6 +232,16 @@ def _solve_dense(Q, c, A, b, *, check):
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
     lu, _, perm = jax.lax.linalg.lu(K)  # K = K_δ = [[Q + δI, Aᵀ], [A, −δI]]
+    return lu, perm, norm_A
+
+
+def _solve_dense(Q, c, A, b, *, check):
+    n = c.shape[0]
+    Qs = _sym(Q)  # the matvec below (differentiated) uses the symmetric part
+    # The factorisation is data for the solve; it is never differentiated (the
+    # derivative comes from the matvec, as in jax.numpy.linalg.solve).
+    Q_, A_ = jax.lax.stop_gradient((Q, A))
+    lu, perm, norm_A = _factorise(Q_, A_)
     tri = partial(jax.lax.linalg.triangular_solve, left_side=True)
 
     def lu_apply(_matvec, r):
@@ -249,7 +258,7 @@ def _solve_dense(Q, c, A, b, *, check):
     rhs = jnp.concatenate([-c, b])
     v = custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)  # also under shard_map
     if check != "off":
-        ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
+        ok, rel_residual = _kkt_ok_dense_jit(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
     return _split(v, n)
 
@@ -327,6 +336,9 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * x_ + b_]) + tiny
     residual = jnp.max(num / den, keepdims=True)
     return residual[0] <= _rel_tol(v.dtype), residual  # False for NaN
+
+
+_kkt_ok_dense_jit = jax.jit(_kkt_ok_dense)
 
 
 def _solve_matrix_free(matvec_Q, c, A, b, *, tol, maxiter, check):
