@@ -301,9 +301,9 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     ``norm_A = max|A|``.
 
     The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
-    ``(Q x + Qᵀx)/2``) and ``A`` by multiply-and-sum reductions (no dot kernels), not
-    from the assembled ``K``, whose buffer the factorisation overwrites (keeping it
-    would cost a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
+    ``(Q x + Qᵀx)/2``) and ``A`` by four matrix-vector products, not from the
+    assembled ``K``, whose buffer the factorisation overwrites (keeping it would cost
+    a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
     ``|rhs|`` and ``|v|`` by one variadic reduction over the primal rows ``< n`` and
     one over the dual rows ``≥ n`` (each one kernel for XLA to compile; a separate
     reduction per maximum would be one to three kernels, about 10 ms each on a CPU,
@@ -312,11 +312,15 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
     n = Q.shape[0]
     x, y = _split(v, n)
-    # K v as four fused multiply-and-sum reductions, not as four matrix-vector dots:
-    # XLA:CPU compiles each dot (a generated matrix-vector kernel) in 20-25 ms, a
-    # reduction in about half that, for the same single pass over Q or A.
-    Qx, Qtx = jnp.sum(Q * x, axis=1), jnp.sum(Q * x[:, None], axis=0)
-    Aty, Ax = jnp.sum(A * y[:, None], axis=0), jnp.sum(A * x, axis=1)
+    # K v as four matrix-vector products. Written as multiply-and-sum reductions
+    # instead, each compiles in about half the time (XLA:CPU: 10 against 20-25 ms),
+    # but runs slower, and far slower when Q is an expression (a user's (Q + Qᵀ)/2):
+    # XLA then writes Q, or x broadcast to Q's shape, to memory before reducing.
+    # n = 500, the check alone: 0.13 against 0.22 ms, and 0.33 against 1.3 ms for a
+    # symmetrised Q; n = 2000: 2.8 against 4.5 ms. Full precision: a reduced-precision
+    # float32 product (TF32 on a GPU) would be a residual error of its own.
+    dot = partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+    Qx, Qtx, Aty, Ax = dot(Q, x), dot(x, Q), dot(y, A), dot(A, x)
     zero = jnp.zeros((), v.dtype)
     top, bot = 0.5 * (Qx + Qtx) + Aty, Ax
     rhs_top, rhs_bot = _split(rhs, n)
