@@ -60,6 +60,7 @@ configuration (the Newton step's loop and the derivative's).
 | lasso p=200 | 113 → 109 → 93 (peer 78) | 1.36 → 1.23–1.49 → 1.20 (load 4) |
 | equality QP n=500 p=100 | 44 → 42 → 40 → 39 → 38 (peer 27) | 1.91 → 1.59–1.82 → 1.51–1.58 → 1.58 |
 | equality QP, the check's ``K v`` without dots | 38 → 36 | 1.63 → 1.30 (CPU time, load 7.5) |
+| equality QP, ``K v`` as products again (run time) | 36 → 36 | 1.21–1.25 → 1.36–1.43 |
 | sparsemax / LML | 33 / 41 → 38 (peers 50 / 49) | 0.71–0.74 / 0.97–1.02 → 0.99 |
 
 XLA:CPU compiles a one-dimensional reduction of more than 32 elements as three

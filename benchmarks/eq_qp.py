@@ -33,20 +33,25 @@ over ``K``, with XLA:CPU at ``n + p`` of a few hundred and above), and its shift
 ``δ`` reads ``max|diag Q|`` rather than all of ``Q``: with the forward check off,
 rootdiff is then as fast as the dense solve or faster (the row ``check='off'``).
 What remains is the check: ``K v`` from ``Q`` and ``A`` (two passes over ``Q``, as
-``(Qx + Qᵀx)/2``, and two over ``A``), its maxima and its report. Its compile time
-was mostly the four matrix-vector products: XLA:CPU compiles each ``dot`` in
-20–25 ms (a generated kernel), a multiply-and-sum reduction doing the same pass in
-about half that. As reductions (no ``dot`` left in the program, as in the dense
-solve), with the maxima as one variadic reduction per block of rows, the check is
-12 kernels above ``check='off'``; compile time (CPU time, the previous code, the new
-and the dense solve compiled in turn in one process, load 7.5–9): 1.57× the dense
-solve before, 1.28–1.32× after (``check='off'`` 0.97–0.99×). The reductions
-run slower than the dots (single-threaded, n = 2000: 5.0 against 2.7 ms for the
-four, a solve of 300 ms or more; n = 500: 0.3 against 0.13 ms). What bounds the
-compile time from below is shared with the dense solve: LAPACK's row swaps are
-turned into a permutation by a ``while`` loop (about 0.12 s of its 0.3 s; the
-forward and every derivative solve need that permutation), and any check of
-``K v = rhs`` needs one pass over ``Q`` and ``A`` and one reduction to scalars.
+``(Qx + Qᵀx)/2``, and two over ``A``), its maxima and its report; 12 kernels above
+``check='off'``, about 110 ms of XLA:CPU compile time at n = 500 (the report's
+conditional and callback about 4 ms of it). ``K v`` is four matrix-vector
+products. As multiply-and-sum reductions (no ``dot`` in the program) the check
+compiled in about 65 ms (XLA:CPU: 10 against 20–25 ms a kernel), but ran slower — the four alone,
+n = 2000: 4.5 against 2.8 ms; n = 500: 0.22 against 0.13 ms — and far slower when
+``Q`` is an expression, as in the second workload, whose loss passes
+``(Q + Qᵀ)/2``: XLA then wrote that matrix, and ``x`` broadcast to its shape, to
+memory before reducing (the check 1.3 against 0.33 ms at n = 500; the whole
+``value_and_grad`` 1.5× against 1.1× the dense solve). Other forms, measured and
+dropped: ``K v`` as two reductions over ``[Q; A]`` (XLA writes the concatenation, a
+copy of ``Q``); ``Q``'s symmetric part written once by the factorisation for one
+product (one more kernel, no multi-output fusion); the two blocks' maxima as one
+reduction (no fewer kernels). What bounds the compile time from below is shared
+with the dense solve: LAPACK's row swaps are turned into a permutation by a
+``while`` loop (about 50 ms of XLA time at n = 500) and applied by a gather in each
+solve (about 30 ms for the two); a loop of our own with plain dynamic slices
+compiles no faster, and applying the inverse permutation to the solution instead
+(through ``K = Uᵀ Lᵀ P``, ``K`` being symmetric) gives more kernels, not fewer.
 The check flags inconsistent constraints and a ``Q`` unbounded below, and it
 stays. The only ``O((n + p)²)`` quantities the solve already has are the LU factors:
 ``L U v`` reproduces ``P K_δ v`` whatever the factorisation's own error, so a

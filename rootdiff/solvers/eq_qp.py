@@ -207,12 +207,11 @@ def solve_eq_qp(
     return _solve_matrix_free(matvec_Q, c, A, b, tol=tol, maxiter=maxiter, check=check)
 
 
-def _solve_dense(Q, c, A, b, *, check):
-    n = c.shape[0]
-    Qs = _sym(Q)  # the matvec below (differentiated) uses the symmetric part
-    # The factorisation is data for the solve; it is never differentiated (the
-    # derivative comes from the matvec, as in jax.numpy.linalg.solve).
-    Q_, A_ = jax.lax.stop_gradient((Q, A))
+@jax.jit
+def _factorise(Q_, A_):
+    """``(LU factors, row permutation, max|A|)`` of ``K_δ``; a jitted function, so
+    that tracing it again for the same shapes (a new outer ``jit``) is a cache hit."""
+    n = Q_.shape[0]
     # A barrier: with Q and A closed over as constants, XLA would otherwise fold the
     # reductions and products below on the host at compile time (seconds for n = 500).
     Q_, A_ = jax.lax.optimization_barrier((Q_, A_))
@@ -233,6 +232,16 @@ def _solve_dense(Q, c, A, b, *, check):
     # lax.linalg.lu gives the permutation once (jax.scipy.linalg.lu_solve would
     # rebuild it from the pivots, a loop, on every solve).
     lu, _, perm = jax.lax.linalg.lu(K)  # K = K_δ = [[Q + δI, Aᵀ], [A, −δI]]
+    return lu, perm, norm_A
+
+
+def _solve_dense(Q, c, A, b, *, check):
+    n = c.shape[0]
+    Qs = _sym(Q)  # the matvec below (differentiated) uses the symmetric part
+    # The factorisation is data for the solve; it is never differentiated (the
+    # derivative comes from the matvec, as in jax.numpy.linalg.solve).
+    Q_, A_ = jax.lax.stop_gradient((Q, A))
+    lu, perm, norm_A = _factorise(Q_, A_)
     tri = partial(jax.lax.linalg.triangular_solve, left_side=True)
 
     def lu_apply(_matvec, r):
@@ -249,7 +258,7 @@ def _solve_dense(Q, c, A, b, *, check):
     rhs = jnp.concatenate([-c, b])
     v = custom_linear_solve(matvec, rhs, lu_apply, symmetric=True)  # also under shard_map
     if check != "off":
-        ok, rel_residual = _kkt_ok_dense(Q_, A_, norm_A, v, rhs)
+        ok, rel_residual = _kkt_ok_dense_jit(Q_, A_, norm_A, v, rhs)
         v = _report(v, ok, rel_residual, check)
     return _split(v, n)
 
@@ -292,9 +301,9 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     ``norm_A = max|A|``.
 
     The same measures, with ``K v`` computed from ``Q`` (its symmetric part, as
-    ``(Q x + Qᵀx)/2``) and ``A`` by multiply-and-sum reductions (no dot kernels), not
-    from the assembled ``K``, whose buffer the factorisation overwrites (keeping it
-    would cost a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
+    ``(Q x + Qᵀx)/2``) and ``A`` by four matrix-vector products, not from the
+    assembled ``K``, whose buffer the factorisation overwrites (keeping it would cost
+    a copy of ``K``); then the maxima of ``|K v − rhs|``, ``|K v|``,
     ``|rhs|`` and ``|v|`` by one variadic reduction over the primal rows ``< n`` and
     one over the dual rows ``≥ n`` (each one kernel for XLA to compile; a separate
     reduction per maximum would be one to three kernels, about 10 ms each on a CPU,
@@ -303,11 +312,15 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     Q, A, v, rhs = jax.lax.stop_gradient((Q, A, v, rhs))
     n = Q.shape[0]
     x, y = _split(v, n)
-    # K v as four fused multiply-and-sum reductions, not as four matrix-vector dots:
-    # XLA:CPU compiles each dot (a generated matrix-vector kernel) in 20-25 ms, a
-    # reduction in about half that, for the same single pass over Q or A.
-    Qx, Qtx = jnp.sum(Q * x, axis=1), jnp.sum(Q * x[:, None], axis=0)
-    Aty, Ax = jnp.sum(A * y[:, None], axis=0), jnp.sum(A * x, axis=1)
+    # K v as four matrix-vector products. Written as multiply-and-sum reductions
+    # instead, each compiles in about half the time (XLA:CPU: 10 against 20-25 ms),
+    # but runs slower, and far slower when Q is an expression (a user's (Q + Qᵀ)/2):
+    # XLA then writes Q, or x broadcast to Q's shape, to memory before reducing.
+    # n = 500, the check alone: 0.13 against 0.22 ms, and 0.33 against 1.3 ms for a
+    # symmetrised Q; n = 2000: 2.8 against 4.5 ms. Full precision: a reduced-precision
+    # float32 product (TF32 on a GPU) would be a residual error of its own.
+    dot = partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+    Qx, Qtx, Aty, Ax = dot(Q, x), dot(x, Q), dot(y, A), dot(A, x)
     zero = jnp.zeros((), v.dtype)
     top, bot = 0.5 * (Qx + Qtx) + Aty, Ax
     rhs_top, rhs_bot = _split(rhs, n)
@@ -327,6 +340,9 @@ def _kkt_ok_dense(Q, A, norm_A, v, rhs):
     den = jnp.stack([Kv_top + c_ + norm_A * y_, norm_A * x_ + b_]) + tiny
     residual = jnp.max(num / den, keepdims=True)
     return residual[0] <= _rel_tol(v.dtype), residual  # False for NaN
+
+
+_kkt_ok_dense_jit = jax.jit(_kkt_ok_dense)
 
 
 def _solve_matrix_free(matvec_Q, c, A, b, *, tol, maxiter, check):
