@@ -322,11 +322,13 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     data = sg((_sym(Q), q, A, b, G, h))
     res = _ipm.ipm(*data, tol=tol, atol=atol, maxiter=maxiter, init=start)
     absent = _ipm.absent_rows(data[5])
+    # The answer's rounding floor: x̂ = x / (γ D) is of unit size (see _ipm.merit).
+    xscale = res.scaled[3].gamma * res.scaled[3].D
     # Polishing, and (probe) whether the derivative exists: both solve with the
     # active-set factorisation that the derivative reuses.
     sol, active, solve, (value, resid, slack), polished, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
-        lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
+        lambda v: _ipm.merit(*data, absent, *v, tol, atol, xscale), probe=probe,
     )  # fmt: skip
     status = _final_status(res.status, value, tol, atol)
     ok = status == QPStatus.SOLVED
