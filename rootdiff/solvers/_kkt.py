@@ -161,13 +161,11 @@ class Reduced:
     Up to :data:`SMALL` unknowns the quasi-definite matrix is factorised by the
     unrolled LDLᵀ; above, by an LU — or, with ``chol=True`` and no equalities
     (``p = 0``: the matrix is ``H`` alone, positive definite), by :func:`cholesky`.
-    ``aux``: arrays (a pytree) the caller keeps with the factor, carried along with it
-    (the active-set solves keep the cost scaling of their matrix: computed once).
     """
 
-    def __init__(self, Q, A, G, d, reg, chol=False, aux=None):
+    def __init__(self, Q, A, G, d, reg, chol=False):
         n, p = Q.shape[0], A.shape[0]
-        self.n, self.G, self.reg, self.aux = n, G, reg, aux
+        self.n, self.G, self.reg = n, G, reg
         self.chol = bool(chol) and p == 0 and n > SMALL
         # In the data's dtype: ``d`` built from Python scalars (``jnp.where(active, 0.0,
         # jnp.inf)``) is float64 under x64 even for float32 data.
@@ -179,13 +177,13 @@ class Reduced:
             self.fac = factor(jnp.block([[H, A.T], [A, -reg * jnp.eye(p, dtype=Q.dtype)]]))
 
     def tree_flatten(self):
-        return (self.G, self.w, self.fac, self.aux), (self.n, self.reg, self.chol)
+        return (self.G, self.w, self.fac), (self.n, self.reg, self.chol)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
         obj.n, obj.reg, obj.chol = aux
-        obj.G, obj.w, obj.fac, obj.aux = children
+        obj.G, obj.w, obj.fac = children
         return obj
 
     def _solve(self, rx, ry):

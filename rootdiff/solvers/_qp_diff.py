@@ -96,15 +96,7 @@ def qp_central_path_residual(primal_dual, Q, q, A, b, G, h, smoothing, balanced=
     return _sym(Q) @ x + q + A.T @ y + G.T @ z, A @ x - b, last
 
 
-def _cost_scale(scaled):
-    """``t = c' / c`` of :func:`balanced`."""
-    Qs, sc = scaled[0], scaled[3]
-    size = _kkt.inf_norm(Qs)
-    t = jnp.where(size > 0, 1.0 / jnp.where(size > 0, size, 1.0), 1.0)
-    return jnp.minimum(t, jnp.maximum(1e6 / sc.c, 1.0)).astype(Qs.dtype)
-
-
-def balanced(scaled, t=None):
+def balanced(scaled):
     """The interior point's equilibrated data with the cost rescaled to ``‖Q̂‖∞ = 1``.
 
     The interior point scales the cost by ``c = 1 / max(‖Q̂‖∞, ‖q̂‖∞)`` (after Ruiz), so
@@ -116,21 +108,20 @@ def balanced(scaled, t=None):
     solve stopped ``1e-5`` short of convergence, 4–200 times its tolerance off, and the
     probe of :func:`derivative_defect` under its threshold. Here ``c' = c / ‖c Q̂‖∞``
     (at most ``1e6``; ``c`` for ``Q̂ = 0``), which maps back to the same ``x, y, z``
-    (``y = γ E_A ŷ / c'``, ``z = γ E_G ẑ / c'``). ``t = c' / c``: the factor's
-    (:func:`active_set_factor` keeps it), or computed (a pass over ``Q̂``).
+    (``y = γ E_A ŷ / c'``, ``z = γ E_G ẑ / c'``).
     """
     Qs, As, Gs, sc = scaled
-    t = _cost_scale(scaled) if t is None else t
+    size = _kkt.inf_norm(Qs)
+    t = jnp.where(size > 0, 1.0 / jnp.where(size > 0, size, 1.0), 1.0)
+    t = jnp.minimum(t, jnp.maximum(1e6 / sc.c, 1.0)).astype(Qs.dtype)
     return Qs * t, As, Gs, sc._replace(c=sc.c * t)
 
 
 def active_set_factor(scaled, active):
     """The regularised reduced matrix of the active-set Jacobian, factorised (a pytree),
-    in the :func:`balanced` coordinates (whose ``t`` it keeps as ``aux``)."""
-    t = _cost_scale(scaled)
-    Qs, As, Gs, _ = balanced(scaled, t)
-    return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf),
-                        _kkt.regularisation(Qs.dtype), aux=t)  # fmt: skip
+    in the :func:`balanced` coordinates."""
+    Qs, As, Gs, _ = balanced(scaled)
+    return _kkt.Reduced(Qs, As, Gs, jnp.where(active, 0.0, jnp.inf), _kkt.regularisation(Qs.dtype))
 
 
 def active_set_solve(scaled, active, steps=None, red=None):
@@ -149,7 +140,7 @@ def active_set_solve(scaled, active, steps=None, red=None):
     """
     steps = _REFINE if steps is None else steps
     red = active_set_factor(scaled, active) if red is None else red
-    sc = balanced(scaled, red.aux)[3]
+    sc = balanced(scaled)[3]
     g, c = sc.gamma, sc.c
     row_i = jnp.where(active, g / sc.EG, g * sc.EG / c)
 
@@ -429,7 +420,7 @@ def derivative_defect(scaled, active, red, steps=None):
     ``EXACT``, ``DEPENDENT_CONSTRAINTS``, ``NOT_UNIQUE`` (the worse one wins).
     """
     steps = _REFINE_PROBE if steps is None else steps
-    Qs, As, Gs, _ = balanced(scaled, red.aux)
+    Qs, As, Gs, _ = balanced(scaled)
     Ga = jnp.where(active[:, None], Gs, 0.0)
 
     def mv(d):
