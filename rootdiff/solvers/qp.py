@@ -217,7 +217,9 @@ def solve_qp(
     of its terms' sizes; the duality gap ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against its
     largest term. The default is relative (``tol = 1e-10`` in float64, ``1e-5`` in
     float32, ``atol = 0``); qpax's absolute ``solver_tol`` is ``tol=0,
-    atol=solver_tol``.
+    atol=solver_tol``. Each bound is at least ten rounding units of its residual at
+    ``x`` of the problem's own size (so that ``x* = 0`` with ``b = 0``, ``h = 0`` can
+    be solved at all: there the relative scale vanishes with ``x``).
 
     **Statuses** (:class:`QPStatus`, in ``return_info=True``'s ``info.status``):
     solved; iteration limit; primal infeasible (a Farkas certificate: ``z ≥ 0``,
