@@ -678,3 +678,48 @@ def test_polishing_returns_the_slack_margins_of_the_point_it_returns():
     assert np.all(np.abs(np.asarray(slack)[np.asarray(active)]) <= 8.0)  # on the boundary
     ipm_slack = np.asarray(slack_margin(x_ipm, G, h))[np.asarray(active)]
     assert np.all(np.abs(ipm_slack) > 1e3)  # the interior point's would not be
+
+
+# --- qpprobe
+
+
+def _zero_answer_problems(seeds=(0, 1, 2), n=5, m=3):
+    # x* = 0 with every row active and h = 0: q = −Gᵀz* with z* > 0 (strictly
+    # complementary, independent rows, Q ≻ 0). Nothing in h (nor in x) gives the
+    # relative tolerance a scale.
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        M = rng.standard_normal((8, n))
+        G = rng.standard_normal((m, n))
+        z = np.abs(rng.standard_normal(m)) + 0.5
+        out.append((M.T @ M + 0.1 * np.eye(n), -G.T @ z, G, np.zeros(m), z))
+    return [np.stack(v) for v in zip(*out, strict=True)]
+
+
+def test_answer_zero_with_zero_right_hand_side_is_solved_and_polished():
+    # The relative rule alone judged (G_i x)₊ against ‖G_i‖‖x‖ and |qᵀx| against itself:
+    # any x ≠ 0 failed it, however close to rounding. The interior point's answer was
+    # "not converged" (cold start), and polishing's (x = 1e-17) was thrown away from an
+    # exact warm start (derivative UNPOLISHED).
+    Q, q, G, h, z = _zero_answer_problems()
+
+    def solve(Q, q, G, h, init):
+        return rootdiff.solve_qp(Q, q, None, None, G, h, init=init, return_info=True,
+                                 check="off")  # fmt: skip
+
+    cold = jax.jit(jax.vmap(lambda *d: (solve(*d, None), jax.jacobian(
+        lambda q: solve(d[0], q, d[2], d[3], None)[0])(d[1]))))  # fmt: skip
+    (x, info), dx_dq = cold(Q, q, G, h)
+    warm = jax.jit(jax.vmap(solve))
+    init = (np.zeros_like(q), np.zeros((len(q), 0)), z)
+    x_w, info_w = warm(Q, q, G, h, init)
+    for xs, inf in ((x, info), (x_w, info_w)):
+        assert np.all(np.asarray(inf.status) == QPStatus.SOLVED), inf.status
+        assert np.all(np.asarray(inf.derivative) == QPStatus.DERIVATIVE_EXACT), inf.derivative
+        assert np.max(np.abs(xs)) < 1e-12
+        np.testing.assert_allclose(inf.z, z, rtol=1e-9)
+    for k in range(len(q)):  # closed form on the active set: −Z (ZᵀQZ)⁻¹ Zᵀ
+        Z = np.linalg.svd(G[k])[2][G.shape[1] :].T
+        expected = -Z @ np.linalg.solve(Z.T @ Q[k] @ Z, Z.T)
+        np.testing.assert_allclose(dx_dq[k], expected, atol=1e-10)

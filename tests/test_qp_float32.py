@@ -232,3 +232,35 @@ def test_derivative_right_when_linear_cost_dominates_curvature(solved):
     i = next(k for k, c in enumerate(cases) if c[0] == COST_DOMINATES)
     name, flagged, ex, eJ, tol = _verdicts([cases[i]], [v[i : i + 1] for v in out])[0]
     assert not flagged and ex < 1e-4 and eJ < tol, (flagged, ex, eJ, tol)
+
+
+# --- qpprobe
+
+
+def test_answer_zero_with_zero_right_hand_side_is_solved_in_float32(float32):
+    # x* = 0, every row active with h = 0 (q = −Gᵀz*, z* > 0): the relative tolerance has
+    # no scale there (any x ≠ 0 failed it): INACCURATE or not converged, now solved.
+    rng = np.random.default_rng(0)
+    n, m = 5, 3
+    data = []
+    for _ in range(3):
+        M, G = rng.standard_normal((8, n)), rng.standard_normal((m, n))
+        z = np.abs(rng.standard_normal(m)) + 0.5
+        data.append((M.T @ M + 0.1 * np.eye(n), -G.T @ z, G, np.zeros(m), z))
+    Q, q, G, h, z = (np.stack(v).astype(np.float32) for v in zip(*data, strict=True))
+
+    def one(Q, q, G, h):
+        x, info = rootdiff.solve_qp(Q, q, None, None, G, h, return_info=True, check="off")
+        J = jax.jacfwd(lambda q: rootdiff.solve_qp(Q, q, None, None, G, h, check="off"))(q)
+        return x, info.status, info.derivative, info.z, J
+
+    x, status, derivative, z_out, J = jax.jit(jax.vmap(one))(Q, q, G, h)
+    assert x.dtype == jnp.float32
+    assert np.all(np.asarray(status) == QPStatus.SOLVED), status
+    assert np.all(np.asarray(derivative) == QPStatus.DERIVATIVE_EXACT), derivative
+    assert np.max(np.abs(x)) < 1e-5
+    np.testing.assert_allclose(z_out, z, rtol=1e-4)
+    for k in range(len(q)):  # closed form on the active set: −Z (ZᵀQZ)⁻¹ Zᵀ
+        Gk, Qk = G[k].astype(np.float64), Q[k].astype(np.float64)
+        Z = np.linalg.svd(Gk)[2][m:].T
+        np.testing.assert_allclose(J[k], -Z @ np.linalg.solve(Z.T @ Qk @ Z, Z.T), atol=1e-4)

@@ -134,7 +134,11 @@ def unscale(it: Iterate, sc: Scaling, absent) -> Iterate:
     return Iterate(g * sc.D * it.x, g * sc.EA * it.y / c, z, s)
 
 
-def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
+#: Rounding units of the x scale that :func:`merit`'s floor grants (see there).
+_MERIT_FLOOR = 10.0
+
+
+def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol, xscale=None):
     """``max`` over the three residuals of ``residual / (atol + tol · scale)``.
 
     On the original data, absent rows excluded, per row / component:
@@ -143,6 +147,15 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
     * dual: ``|(Qx + q + Aᵀy + Gᵀz)_j|`` against ``max(|q_j|, ‖Q_j‖∞‖x‖∞,
       ‖A_j‖∞‖y‖∞, ‖G_j‖∞‖z‖∞)`` (``·_j``: column ``j``);
     * gap: ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against ``max(|xᵀQx|, |qᵀx|, |bᵀy|, |hᵀz|)``.
+
+    ``xscale`` (``(n,)``, optional): a size ``ξ`` of ``x`` that does not vanish with
+    ``x`` (the interior point's ``γ D``, which makes ``x̂`` of unit size). Each
+    denominator is then at least ``10 ε`` times the residual's size at ``|x| = ξ``
+    (``max_j |A_ij| ξ_j``, ``max_j |G_ij| ξ_j``, ``max_k |Q_jk| ξ_k``, ``|q|ᵀξ``):
+    where ``x* = 0`` with ``b = 0``, ``h = 0``, the relative rule alone is its own
+    scale (``(G_i x)₊`` against ``‖G_i‖‖x‖``, ``|qᵀx|`` against itself) and rejects
+    every ``x ≠ 0``, however close to rounding (polishing's ``x = 1e-17``). The floor
+    is at the working precision (``10 ε`` of unit ``x̂``), below any tolerance.
 
     The point meets the tolerance when the merit is ``≤ 1``. Returns the merit and
     the three absolute residuals (∞-norms).
@@ -164,13 +177,23 @@ def merit(Q, q, A, b, G, h, absent, x, y, z, tol, atol):
     )  # fmt: skip
     terms = [x @ Qx, q @ x, b @ y, hf @ z]
     gap = jnp.abs(sum(terms))
+    if xscale is None:
+        fl_e = fl_i = fl_d = fl_g = 0.0
+    else:
+        unit = _MERIT_FLOOR * jnp.finfo(q.dtype).eps
+        xi = xscale.astype(q.dtype)
 
-    def ratio(r, s):
-        return jnp.max(r / jnp.maximum(atol + tol * s, tiny), initial=0.0)
+        def at_xi(M):  # max_j |M_ij| ξ_j
+            return unit * jnp.max(jnp.abs(M) * xi, axis=1, initial=0.0)
+
+        fl_e, fl_i, fl_d, fl_g = at_xi(A), at_xi(Gf), at_xi(Q), unit * (jnp.abs(q) @ xi)
+
+    def ratio(r, s, fl):
+        return jnp.max(r / jnp.maximum(jnp.maximum(atol + tol * s, fl), tiny), initial=0.0)
 
     value = max_of(
-        ratio(jnp.abs(rpe), sc_e), ratio(rpi, sc_i), ratio(jnp.abs(rd), sc_d),
-        gap / jnp.maximum(atol + tol * max_of(*map(jnp.abs, terms)), tiny),
+        ratio(jnp.abs(rpe), sc_e, fl_e), ratio(rpi, sc_i, fl_i), ratio(jnp.abs(rd), sc_d, fl_d),
+        ratio(gap, max_of(*map(jnp.abs, terms)), fl_g),
     )  # fmt: skip
     value = jnp.where(jnp.isnan(value), jnp.inf, value)
     prim = jnp.maximum(inf_norm(rpe), inf_norm(rpi))

@@ -217,7 +217,9 @@ def solve_qp(
     of its terms' sizes; the duality gap ``|xᵀQx + qᵀx + bᵀy + hᵀz|`` against its
     largest term. The default is relative (``tol = 1e-10`` in float64, ``1e-5`` in
     float32, ``atol = 0``); qpax's absolute ``solver_tol`` is ``tol=0,
-    atol=solver_tol``.
+    atol=solver_tol``. Each bound is at least ten rounding units of its residual at
+    ``x`` of the problem's own size (so that ``x* = 0`` with ``b = 0``, ``h = 0`` can
+    be solved at all: there the relative scale vanishes with ``x``).
 
     **Statuses** (:class:`QPStatus`, in ``return_info=True``'s ``info.status``):
     solved; iteration limit; primal infeasible (a Farkas certificate: ``z ≥ 0``,
@@ -322,11 +324,13 @@ def _solve(Q, q, A, b, G, h, tol, atol, maxiter, smoothing, start, check, diff_s
     data = sg((_sym(Q), q, A, b, G, h))
     res = _ipm.ipm(*data, tol=tol, atol=atol, maxiter=maxiter, init=start)
     absent = _ipm.absent_rows(data[5])
+    # The answer's rounding floor: x̂ = x / (γ D) is of unit size (see _ipm.merit).
+    xscale = res.scaled[3].gamma * res.scaled[3].D
     # Polishing, and (probe) whether the derivative exists: both solve with the
     # active-set factorisation that the derivative reuses.
     sol, active, solve, (value, resid, slack), polished, defect = polish_and_probe(
         (res.x, res.y, res.z), res.active, data, res.scaled, absent,
-        lambda v: _ipm.merit(*data, absent, *v, tol, atol), probe=probe,
+        lambda v: _ipm.merit(*data, absent, *v, tol, atol, xscale), probe=probe,
     )  # fmt: skip
     status = _final_status(res.status, value, tol, atol)
     ok = status == QPStatus.SOLVED
