@@ -220,6 +220,16 @@ def lml(x: jax.Array, k: int | float | jax.Array, axis: int = -1) -> jax.Array:
     k = jnp.asarray(k)
     if jnp.issubdtype(k.dtype, jnp.floating):
         k = k.astype(x.dtype)
+    batch_shape = x.shape[:axis] + x.shape[axis + 1 :]
+    try:
+        ok = jnp.broadcast_shapes(k.shape, batch_shape) == batch_shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"lml: k of shape {k.shape} does not broadcast to the batch shape "
+            f"{batch_shape} (x of shape {x.shape} without axis {axis})"
+        )
     return _lml_array_k(x, k, axis)
 
 

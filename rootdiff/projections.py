@@ -110,9 +110,20 @@ def _least_squares_scalar_solve(matvec, b, *, return_info: bool = False):
     return u, _ls.SolveInfo(jnp.abs(b - a * u), jnp.abs(b), jnp.ones((), jnp.int32), ok)
 
 
+def _clip_shifted(y, tau, lower, upper):
+    """``clip(y − τ, lower, upper)``, with an infinite ``y`` at its bound for every ``τ``.
+
+    A score ``y = −inf`` (masked) gives ``lower`` and ``+inf`` gives ``upper`` for each
+    finite ``τ``; written out, so that the bracket end ``τ = ∓inf`` (where ``y − τ`` is
+    NaN) gives the same value, and so that their derivative is zero.
+    """
+    inner = jnp.clip(jnp.where(jnp.isinf(y), 0.0, y) - tau, lower, upper)
+    return jnp.where(y == -jnp.inf, lower, jnp.where(y == jnp.inf, upper, inner))
+
+
 def _section_residual(tau, y, total, lower, upper):
     """``g(τ) = Σ clip(y − τ, lower, upper) − total`` (non-increasing in ``τ``)."""
-    return jnp.sum(jnp.clip(y - tau, lower, upper)) - total
+    return jnp.sum(_clip_shifted(y, tau, lower, upper)) - total
 
 
 def _box_section_1d(y, total, lower, upper, check_bracket):
@@ -122,7 +133,7 @@ def _box_section_1d(y, total, lower, upper, check_bracket):
         y, total, lower, upper, solve=_least_squares_scalar_solve,
         check_bracket=check_bracket,
     )  # fmt: skip
-    return jnp.clip(y - tau, lower, upper)
+    return _clip_shifted(y, tau, lower, upper)
 
 
 def projection_box_section(
@@ -151,6 +162,10 @@ def projection_box_section(
       lower, upper: bounds, scalars or arrays broadcastable to ``y``.
       axis: the axis along which the sum constraint holds.
 
+    Entries ``y = -inf`` (masked scores) get ``x = lower`` and ``+inf`` get ``x = upper``,
+    with a zero derivative; the other entries are projected as without them (``total``
+    must then lie between the sums of the bounds those entries can reach).
+
     Returns:
       ``x`` with the shape and dtype of ``y``.
 
@@ -173,8 +188,11 @@ def projection_box_section(
         raise ValueError(f"total must be a scalar (use jax.vmap for many); got {total.shape}")
     if not any(isinstance(a, jax.core.Tracer) for a in (y, total, lower, upper)):
         # eager call: a clear error for an infeasible total (under jit: NaN + warning)
-        lo_sum = jnp.sum(jnp.moveaxis(lower, axis, -1), axis=-1)
-        hi_sum = jnp.sum(jnp.moveaxis(upper, axis, -1), axis=-1)
+        # an entry y = -inf (masked) stays at its lower bound, y = +inf at its upper
+        lo_eff = jnp.where(y == jnp.inf, upper, lower)
+        hi_eff = jnp.where(y == -jnp.inf, lower, upper)
+        lo_sum = jnp.sum(jnp.moveaxis(lo_eff, axis, -1), axis=-1)
+        hi_sum = jnp.sum(jnp.moveaxis(hi_eff, axis, -1), axis=-1)
         if bool(jnp.any((total < lo_sum) | (total > hi_sum))):
             raise ValueError(
                 f"projection_box_section: total={float(total)} is outside "

@@ -17,6 +17,10 @@ optax ships the projections (re-exported by :mod:`rootdiff.projections`) but no
 proximal operators, hence this module; :func:`prox_from_projection` turns any
 projection into the prox of its set's indicator.
 
+Bad hyperparameters are errors naming the argument: one that does not broadcast to
+its leaf of ``x``, a pytree not shaped like ``x``, and (when the value is concrete, not
+traced) a negative weight ``λ`` (no minimiser) or ``lower > upper`` (empty box).
+
 At a kink (``|x_i| = s λ_i`` exactly for the l1 family) the operators take the
 derivative of the *zero* branch: a coordinate exactly at its threshold is treated as
 outside the support.
@@ -60,6 +64,38 @@ def _per_leaf(x: PyTree, hyperparams: Any) -> PyTree:
     return jax.tree.map(lambda _: hyperparams, x)
 
 
+def _checked(name: str, arg: str, x: PyTree, hyperparams: Any, nonneg: bool = True) -> PyTree:
+    """:func:`_per_leaf`, with an error naming ``arg`` for a bad shape, structure or sign.
+
+    Each value must broadcast to its leaf of ``x``; a negative ``λ`` (``nonneg``: the
+    problem has no minimiser, the formula would silently grow ``x``) is caught when
+    the value is concrete (eager calls, Python numbers); traced values are not read.
+    """
+    if hyperparams is None:
+        return _per_leaf(x, hyperparams)
+    hp_def, x_def = jax.tree.structure(hyperparams), jax.tree.structure(x)
+    if not jax.tree_util.treedef_is_leaf(hp_def) and hp_def != x_def:
+        raise ValueError(
+            f"{name}: {arg} must be a scalar, an array or a pytree like x; got the "
+            f"structure {hp_def} for x of structure {x_def}"
+        )
+    lam = _per_leaf(x, hyperparams)
+    for v, lm in zip(jax.tree.leaves(x), jax.tree.leaves(lam), strict=True):
+        v_shape, lm_shape = jnp.shape(v), jnp.shape(lm)
+        try:
+            fits = jnp.broadcast_shapes(lm_shape, v_shape) == v_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name}: {arg} of shape {lm_shape} does not broadcast to x's leaf of "
+                f"shape {v_shape}"
+            )
+        if nonneg and not isinstance(lm, jax.core.Tracer) and bool(jnp.any(jnp.asarray(lm) < 0)):
+            raise ValueError(f"{name}: {arg} must be >= 0, got {lm!r}")
+    return lam
+
+
 def _is_leaf(x: PyTree) -> bool:
     return jax.tree_util.treedef_is_leaf(jax.tree.structure(x))
 
@@ -86,7 +122,7 @@ def prox_lasso(x: PyTree, l1reg: Any = 1.0, scaling: float = 1.0) -> PyTree:
       >>> [float(v) for v in prox_lasso(jnp.array([1.0, 3.0]), jnp.array([2.0, 1.0]))]
       [0.0, 2.0]
     """
-    lam = _per_leaf(x, l1reg)
+    lam = _checked("prox_lasso", "l1reg", x, l1reg)
     return jax.tree.map(lambda v, lm: _soft(v, scaling * lm), x, lam)
 
 
@@ -98,7 +134,7 @@ def prox_non_negative_lasso(x: PyTree, l1reg: Any = 1.0, scaling: float = 1.0) -
       >>> [float(v) for v in prox_non_negative_lasso(jnp.array([3.0, -2.0]), 1.0)]
       [2.0, 0.0]
     """
-    lam = _per_leaf(x, l1reg)
+    lam = _checked("prox_non_negative_lasso", "l1reg", x, l1reg, nonneg=False)
     return jax.tree.map(
         lambda v, lm: jnp.where(v > scaling * lm, v - scaling * lm, jnp.zeros_like(v)), x, lam
     )
@@ -112,7 +148,7 @@ def prox_ridge(x: PyTree, l2reg: Any = 1.0, scaling: float = 1.0) -> PyTree:
       >>> [float(v) for v in prox_ridge(jnp.array([3.0]), 2.0)]
       [1.0]
     """
-    lam = _per_leaf(x, l2reg)
+    lam = _checked("prox_ridge", "l2reg", x, l2reg)
     return jax.tree.map(lambda v, lm: v / (1 + scaling * lm), x, lam)
 
 
@@ -130,7 +166,8 @@ def prox_elastic_net(x: PyTree, hyperparams: tuple[Any, Any] = (1.0, 1.0),
       [1.0, 0.0]
     """
     lam, gamma = hyperparams
-    lam, gamma = _per_leaf(x, lam), _per_leaf(x, gamma)
+    lam = _checked("prox_elastic_net", "hyperparams[0]", x, lam)
+    gamma = _checked("prox_elastic_net", "hyperparams[1]", x, gamma)
     return jax.tree.map(
         lambda v, lm, g: _soft(v, scaling * lm) / (1 + scaling * lm * g), x, lam, gamma
     )
@@ -178,7 +215,7 @@ def prox_group_lasso(
       [2.4, 3.2, 0.0, 0.0]
     """
     if groups is None:
-        lam = _per_leaf(x, l2reg)
+        lam = _checked("prox_group_lasso", "l2reg", x, l2reg)
 
         def block(v, lm):
             norm, direction = _norm_and_direction(v, jnp.max(jnp.abs(v)), jnp.sum)
@@ -276,7 +313,12 @@ def prox_box(x: PyTree, hyperparams: tuple[Any, Any], scaling: float = 1.0) -> P
     """
     del scaling
     lower, upper = hyperparams
-    lo, hi = _per_leaf(x, lower), _per_leaf(x, upper)
+    lo = _checked("prox_box", "lower", x, lower, nonneg=False)
+    hi = _checked("prox_box", "upper", x, upper, nonneg=False)
+    for a, b in zip(jax.tree.leaves(lo), jax.tree.leaves(hi), strict=True):
+        if not isinstance(a, jax.core.Tracer) and not isinstance(b, jax.core.Tracer):
+            if bool(jnp.any(jnp.asarray(a) > jnp.asarray(b))):
+                raise ValueError(f"prox_box: lower must be <= upper, got {a!r} and {b!r}")
     return jax.tree.map(lambda v, a, b: jnp.clip(v, a, b), x, lo, hi)
 
 

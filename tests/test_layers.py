@@ -296,6 +296,11 @@ def test_bad_axis_and_empty_input_say_what_is_wrong():
         sparsemax(jnp.zeros(0))
     with pytest.raises(TypeError, match="axis must be an int"):
         sparsemax(x, axis=None)
+    # an array k that does not fit the batch shape (x without axis) is named
+    for k in (jnp.ones(3), jnp.ones((2, 1)), jnp.ones((1, 2, 1))):
+        with pytest.raises(ValueError, match=r"lml: k of shape .* batch shape \(2,\)"):
+            lml(x, k)
+    assert lml(x, jnp.array([1.0, 2.0])).sum(-1).tolist() == pytest.approx([1.0, 2.0])
 
 
 def test_lml_new_python_k_does_not_recompile():

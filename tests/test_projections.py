@@ -176,6 +176,24 @@ def test_infeasible_total():
     assert np.all(np.isnan(x))
 
 
+def test_masked_entries_at_minus_and_plus_inf():
+    # Scores masked with -inf (or forced with +inf) sit at their bound; the other
+    # entries are projected as without them, in value and derivative, eager and jit.
+    y = jnp.array([2.0, -jnp.inf, 0.3, 0.1, -1.0, jnp.inf])
+    keep = np.array([True, False, True, True, True, False])
+    ref = np.asarray(capped(y[keep], 2.0))
+    for proj in (projection_capped_simplex, capped):
+        x = np.asarray(proj(y, 3.0))
+        np.testing.assert_allclose(x[keep], ref, atol=1e-12)
+        np.testing.assert_array_equal(x[~keep], [0.0, 1.0])
+        J = np.asarray(jax.jacrev(lambda y: proj(y, 3.0))(y))
+        np.testing.assert_allclose(J[np.ix_(keep, keep)], free_set_jacobian(ref), atol=1e-12)
+        assert np.all(J[~keep] == 0) and np.all(J[:, ~keep] == 0)
+    # k beyond what the unmasked entries can hold: a clear error naming the bound
+    with pytest.raises(ValueError, match="outside"):
+        projection_capped_simplex(y, 5.5)
+
+
 def test_float32(float32):
     y = RNG.normal(size=8).astype(np.float32)
     x = capped(jnp.asarray(y), 3)

@@ -153,3 +153,27 @@ def test_float32(float32):
         assert out.dtype == jnp.float32
         ref = np.asarray(prox(np.asarray(X, np.float64), hp, S))
         np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_bad_hyperparameters_are_errors_naming_the_argument():
+    x = jnp.array([3.0, -1.0])
+    # a negative weight has no minimiser: the formula would silently grow x
+    for prox, arg, bad in [
+        (P.prox_lasso, "l1reg", -1.0),
+        (P.prox_ridge, "l2reg", jnp.array([1.0, -0.5])),
+        (P.prox_group_lasso, "l2reg", -0.1),
+        (P.prox_elastic_net, r"hyperparams\[0\]", (-1.0, 1.0)),
+    ]:
+        with pytest.raises(ValueError, match=f"{arg} must be >= 0"):
+            prox(x, bad)
+    with pytest.raises(ValueError, match=r"l1reg of shape \(3,\) does not broadcast.*\(2,\)"):
+        P.prox_lasso(x, jnp.ones(3))
+    with pytest.raises(ValueError, match="l1reg must be a scalar, an array or a pytree like x"):
+        P.prox_lasso({"a": x, "b": x}, {"a": 1.0})
+    with pytest.raises(ValueError, match="lower must be <= upper"):
+        P.prox_box(x, (1.0, 0.0))
+    # valid: zero weights, a negative linear term, bounds at infinity, traced values
+    np.testing.assert_array_equal(P.prox_lasso(x, 0.0), x)
+    np.testing.assert_array_equal(P.prox_non_negative_lasso(x, -1.0), [4.0, 0.0])
+    np.testing.assert_array_equal(P.prox_box(x, (-jnp.inf, jnp.inf)), x)
+    np.testing.assert_array_equal(jax.jit(P.prox_lasso)(x, 1.0), [2.0, 0.0])
