@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "prox_none",
@@ -91,7 +92,7 @@ def _checked(name: str, arg: str, x: PyTree, hyperparams: Any, nonneg: bool = Tr
                 f"{name}: {arg} of shape {lm_shape} does not broadcast to x's leaf of "
                 f"shape {v_shape}"
             )
-        if nonneg and not isinstance(lm, jax.core.Tracer) and bool(jnp.any(jnp.asarray(lm) < 0)):
+        if nonneg and not isinstance(lm, jax.core.Tracer) and bool(np.any(np.asarray(lm) < 0)):
             raise ValueError(f"{name}: {arg} must be >= 0, got {lm!r}")
     return lam
 
@@ -189,8 +190,8 @@ def _norm_and_direction(
     scale = jnp.where(nonzero, peak, 1.0)
     w = v / scale
     root = jnp.sqrt(jnp.where(nonzero, total(w * w), 1.0))
-    norm = jnp.where(nonzero, scale * root, 0.0).astype(v.dtype)
-    return norm, jnp.where(nonzero, w / root, 0.0).astype(v.dtype)
+    norm = jnp.where(nonzero, scale * root, 0.0).astype(w.dtype)
+    return norm, jnp.where(nonzero, w / root, 0.0).astype(w.dtype)
 
 
 def prox_group_lasso(
@@ -317,7 +318,7 @@ def prox_box(x: PyTree, hyperparams: tuple[Any, Any], scaling: float = 1.0) -> P
     hi = _checked("prox_box", "upper", x, upper, nonneg=False)
     for a, b in zip(jax.tree.leaves(lo), jax.tree.leaves(hi), strict=True):
         if not isinstance(a, jax.core.Tracer) and not isinstance(b, jax.core.Tracer):
-            if bool(jnp.any(jnp.asarray(a) > jnp.asarray(b))):
+            if bool(np.any(np.asarray(a) > np.asarray(b))):
                 raise ValueError(f"prox_box: lower must be <= upper, got {a!r} and {b!r}")
     return jax.tree.map(lambda v, a, b: jnp.clip(v, a, b), x, lo, hi)
 
